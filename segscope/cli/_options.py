@@ -1,0 +1,40 @@
+"""Options and helpers shared by several commands."""
+
+from __future__ import annotations
+
+import click
+import torch
+
+from ..errors import SegscopeError
+
+
+def device_option(func):
+    """``--device auto|cpu|cuda|cuda:N``."""
+    return click.option(
+        "--device", default="auto", show_default=True,
+        help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N.",
+    )(func)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; a clear error for a missing CUDA."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise SegscopeError(f"unknown device {name!r} (use auto, cpu, cuda or cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SegscopeError("--device cuda asked for, but no CUDA device is available")
+    return device
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``"360x480"`` -> (360, 480) as (H, W)."""
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise SegscopeError(f"size must be HxW, e.g. 360x480, got {text!r}") from None
+    if h < 1 or w < 1:
+        raise SegscopeError(f"size must be positive, got {text!r}")
+    return h, w
