@@ -22,6 +22,8 @@ _LAZY = {
     "Cityscapes": "segscope.data.real",
     "LabelFolder": "segscope.data.real",
     "open_dataset": "segscope.data.real",
+    "merge_road_surface": "segscope.data.real",
+    "scoring_classes": "segscope.data.real",
 }
 
 __all__ = ["ROAD3", "ROAD3_COLOURS", "IGNORE", "BACKGROUND", "ROAD", "MARKINGS", *_LAZY]

@@ -1,0 +1,77 @@
+"""Synthetic generator throughput vs one SegNet training step.
+
+Measures images/s of :func:`segscope.data.render_scene` at 360x480 for both presets
+(median over several runs) and the time of one training step (forward, backward, SGD) of a
+width-0.25 SegNet at batch 4 on the same size, then prints the ratio
+"generator time per batch of 4 / step time": below 1 the generator keeps up with training
+in a single worker.
+
+    python benchmarks/bench_generator.py [--runs 5] [--images 20] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from segscope import SegNet
+from segscope.data.synthetic import PRESETS, _textures, render_scene
+
+SIZE = (360, 480)
+BATCH = 4
+
+
+def generator_rate(preset: str, runs: int, images: int) -> float:
+    """Median images per second over ``runs`` runs of ``images`` scenes each."""
+    rates = []
+    for r in range(runs):
+        t0 = time.perf_counter()
+        for i in range(images):
+            render_scene(r, i, SIZE, preset)
+        rates.append(images / (time.perf_counter() - t0))
+    return statistics.median(rates)
+
+
+def train_step_time(runs: int) -> float:
+    """Median seconds of one SGD step of SegNet(width=0.25) at batch 4."""
+    torch.manual_seed(0)
+    model = SegNet(num_classes=3, width=0.25).train()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
+    x = torch.rand(BATCH, 3, *SIZE)
+    y = torch.randint(0, 3, (BATCH, *SIZE))
+    loss_fn = torch.nn.CrossEntropyLoss(ignore_index=255)
+    times = []
+    for k in range(runs + 1):
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        loss_fn(model(x), y).backward()
+        opt.step()
+        if k:  # the first step warms up allocators
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--images", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=2, help="torch threads for the train step")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    _textures()  # built once per process; not part of the per-image cost
+    step = train_step_time(args.runs)
+    print(f"SegNet width 0.25, batch {BATCH}, {SIZE[0]}x{SIZE[1]}: "
+          f"train step {step * 1e3:.0f} ms (median of {args.runs})")
+    print(f"{'preset':<11} {'images/s':>9} {'ms/image':>9} {'ms/batch':>9} {'batch/step':>11}")
+    for preset in PRESETS:
+        rate = generator_rate(preset, args.runs, args.images)
+        per_batch = BATCH / rate
+        print(f"{preset:<11} {rate:9.1f} {1e3 / rate:9.1f} {per_batch * 1e3:9.1f} "
+              f"{per_batch / step:11.3f}")
+
+
+if __name__ == "__main__":
+    main()

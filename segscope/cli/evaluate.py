@@ -1,0 +1,71 @@
+"""``segscope evaluate``: score a checkpoint on a dataset (confusion matrix, IoU table)."""
+
+from __future__ import annotations
+
+import click
+
+from ._options import device_option, parse_size
+
+
+@click.command("evaluate")
+@click.option("--checkpoint", "-c", required=True, type=click.Path(),
+              help="Model file written by segscope train (model.safetensors).")
+@click.option("--data", required=True,
+              help="A dataset folder (CamVid, segscope synth, ...) or synthetic:N[:PRESET[:SEED]].")
+@click.option("--split", default=None, help="Dataset split (default: the evaluation split).")
+@click.option("--size", default=None, help="Resize images to HxW before scoring.")
+@click.option("--limit", type=int, default=None, help="Score only the first N images.")
+@click.option("--batch-size", type=int, default=4, show_default=True)
+@click.option("--workers", type=int, default=0, show_default=True,
+              help="DataLoader worker processes.")
+@click.option("--out", type=click.Path(), default=None, help="Write DIR/metrics.json.")
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON on stdout.")
+@device_option
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def evaluate(checkpoint, data, split, size, limit, batch_size, workers, out, as_json, device,
+             quiet) -> None:
+    """Score a checkpoint: global accuracy, mean class accuracy, per-class IoU, mIoU.
+
+    Datasets without a markings class (CamVid 11-class, Cityscapes) are scored on the
+    road surface: road and markings merged in prediction and label.
+    """
+    import json
+    import sys
+    from pathlib import Path
+
+    from .._io import write_json
+    from ..checkpoint import load_model
+    from ..data.real import open_dataset
+    from ..errors import SegscopeError
+    from ..metrics import format_metrics
+    from ..predict import evaluate_dataset
+    from ._options import resolve_device
+
+    dev = resolve_device(device)
+    model, meta = load_model(checkpoint, map_location=dev)
+    dataset = open_dataset(data, split=split, size=parse_size(size) if size else None,
+                           limit=limit)
+    if len(dataset) == 0:
+        raise SegscopeError(f"no images to score in {data}")
+    road_surface = not getattr(dataset, "has_markings", True)
+    cm = evaluate_dataset(model, dataset, device=dev, batch_size=batch_size, workers=workers,
+                          road_surface=road_surface,
+                          quiet=quiet or not sys.stderr.isatty())
+    metrics = {
+        "checkpoint": str(checkpoint),
+        "data": str(data),
+        "split": split,
+        "images": len(dataset),
+        "scored_on": "road surface" if road_surface else "classes",
+        **cm.metrics(),
+    }
+    if out:
+        write_json(Path(out) / "metrics.json", metrics)
+    if as_json:
+        click.echo(json.dumps(metrics, indent=2))
+        return
+    what = "road surface (dataset has no markings class)" if road_surface else "all classes"
+    click.echo(f"{len(dataset)} images of {data}, scored on {what}")
+    click.echo(format_metrics(metrics))
+    if out:
+        click.echo(f"metrics: {Path(out) / 'metrics.json'}")

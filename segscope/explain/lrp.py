@@ -1,0 +1,819 @@
+"""Layer-wise Relevance Propagation as an explicit, batched sweep (SPEC §3, thesis §6, §8).
+
+How it works:
+
+1. The model becomes a list of nodes (:mod:`segscope.explain.graph`), BatchNorm folded
+   into the convolutions.
+2. One forward pass per image records what the rules need and computes, once, everything
+   that does not depend on the relevance: the clamped weights, the reciprocal
+   denominators 1/z_j (0/0 = 0), the pool indices (:class:`ForwardState`).
+3. Relevance then flows back in one sweep in which a batch of concepts (classes, pixels,
+   masks, feature channels) is the batch dimension: per layer and rule term one
+   transposed convolution for the whole batch, chunked to fit in memory.
+
+Max-pool sends relevance to the input that won the max (scatter at the stored indices),
+max-unpool gathers it back from the scattered position, ReLU passes it through,
+concatenation splits it by channel and addition splits it in proportion to the two
+summands (z_a / (z_a + z_b), no bias). At the pixels the three colour channels are
+summed (eq 8.1).
+
+SegNet pads its input to multiples of 32 with zeros; relevance that reaches padded pixels
+is dropped and reported as :attr:`Explanation.dropped` (it is exactly 0 under the rules
+that multiply by the input, such as α-β, ε, γ and z⁺, because padded inputs are 0; z^B,
+flat and w² can send some there).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..checkpoint import unwrap
+from ..errors import SegscopeError
+from .concepts import Concept
+from .graph import Graph, Node, build_graph
+from .rules import Rule, Term, recip, resolve_rules
+
+#: Memory for one chunk of the relevance sweep when nothing else is known (bytes).
+DEFAULT_BUDGET = 2 * 1024**3
+
+
+# -- the two kinds of weighted layers ----------------------------------------------------
+class ConvOp:
+    """A 2-d convolution and its transpose; ``fwd`` also serves the rules' denominators."""
+
+    def __init__(self, node: Node, in_shape: torch.Size, out_shape: torch.Size) -> None:
+        p = node.params
+        self.weight, self.bias = p["weight"], p["bias"]
+        self.stride, self.padding = p["stride"], p["padding"]
+        self.dilation, self.groups = p["dilation"], p["groups"]
+        self.in_shape = tuple(in_shape)
+        k = self.weight.shape[-2:]
+        self.output_padding = tuple(
+            in_shape[2 + d]
+            - ((out_shape[2 + d] - 1) * self.stride[d] - 2 * self.padding[d]
+               + self.dilation[d] * (k[d] - 1) + 1)
+            for d in range(2)
+        )
+        # With stride 1 the transpose is a plain convolution with flipped weights, which
+        # the CPU backends run faster than conv_transpose.
+        self.flip_padding = tuple(self.dilation[d] * (k[d] - 1) - self.padding[d]
+                                  for d in range(2))
+        self.as_conv = (self.stride == (1, 1) and self.groups == 1
+                        and min(self.flip_padding) >= 0)
+
+    def fwd(self, x: torch.Tensor, w: torch.Tensor,
+            b: torch.Tensor | None = None) -> torch.Tensor:
+        return F.conv2d(x, w, b, self.stride, self.padding, self.dilation, self.groups)
+
+    def back_weight(self, w: torch.Tensor) -> torch.Tensor:
+        """``w`` in the form :meth:`back` wants it (computed once per term)."""
+        return w.transpose(0, 1).flip(-1, -2).contiguous() if self.as_conv else w
+
+    def back(self, r: torch.Tensor, wb: torch.Tensor) -> torch.Tensor:
+        """Wᵀ r: the transposed convolution of relevance (B,C_out,h,w) -> (B,C_in,H,W)."""
+        if self.as_conv:
+            return F.conv2d(r, wb, None, 1, self.flip_padding, self.dilation)
+        return F.conv_transpose2d(r, wb, None, self.stride, self.padding,
+                                  self.output_padding, self.groups, self.dilation)
+
+    def back_onehot(self, v: torch.Tensor, wb: torch.Tensor, ks: torch.Tensor) -> torch.Tensor:
+        """Wᵀ r for r that is zero except in channel ``ks[b]`` of sample b.
+
+        ``v`` (B,1,h,w) holds that channel. One grouped convolution does all B samples,
+        each with a single input channel: 1/C_out of the work of :meth:`back`.
+        """
+        n = v.shape[0]
+        c_in = self.in_shape[1]
+        x = v.reshape(1, n, *v.shape[-2:])
+        if self.as_conv:
+            w = wb[:, ks].transpose(0, 1).reshape(n * c_in, 1, *wb.shape[-2:])
+            out = F.conv2d(x, w, None, 1, self.flip_padding, self.dilation, n)
+        else:
+            out = F.conv_transpose2d(x, wb[ks], None, self.stride, self.padding,
+                                     self.output_padding, n, self.dilation)
+        return out.reshape(n, c_in, *out.shape[-2:])
+
+    @property
+    def onehot_ok(self) -> bool:
+        return self.groups == 1
+
+
+class LinearMapOp:
+    """A fully connected layer ``x Wᵀ + b`` and its transpose."""
+
+    onehot_ok = False
+
+    def __init__(self, node: Node) -> None:
+        self.weight, self.bias = node.params["weight"], node.params["bias"]
+
+    def fwd(self, x: torch.Tensor, w: torch.Tensor,
+            b: torch.Tensor | None = None) -> torch.Tensor:
+        return F.linear(x, w, b)
+
+    def back_weight(self, w: torch.Tensor) -> torch.Tensor:
+        return w
+
+    def back(self, r: torch.Tensor, wb: torch.Tensor) -> torch.Tensor:
+        return r @ wb
+
+
+# -- relevance that lives in one channel per sample ---------------------------------------
+@dataclass
+class OneHot:
+    """Relevance (B,C,h,w) that is zero except in channel ``channels[b]`` of sample b."""
+
+    values: torch.Tensor  # (B,1,h,w)
+    channels: torch.Tensor  # (B,) long
+    num_channels: int
+
+    def dense(self) -> torch.Tensor:
+        b, _, h, w = self.values.shape
+        out = self.values.new_zeros(b, self.num_channels, h, w)
+        index = self.channels.view(b, 1, 1, 1).expand(b, 1, h, w)
+        return out.scatter_(1, index, self.values)
+
+    def total(self) -> torch.Tensor:
+        return self.values.flatten(1).sum(1)
+
+    def map(self, fn) -> OneHot:
+        return OneHot(fn(self.values), self.channels, self.num_channels)
+
+
+def _dense(r: torch.Tensor | OneHot) -> torch.Tensor:
+    return r.dense() if isinstance(r, OneHot) else r
+
+
+def _total(r: torch.Tensor | OneHot) -> torch.Tensor:
+    return r.total() if isinstance(r, OneHot) else r.flatten(1).sum(1)
+
+
+# -- forward state -----------------------------------------------------------------------
+@dataclass
+class _Back:
+    """A rule term ready for the sweep: ``a ⊙ Wᵀ(R ⊙ s)`` with Wᵀ's weight prepared."""
+
+    a: torch.Tensor | None
+    s: torch.Tensor | None
+    wb: torch.Tensor
+
+
+@dataclass
+class ForwardState:
+    """Everything the relevance sweep needs from one image's forward pass.
+
+    Computed once by :func:`forward_state` and reused by :func:`lrp`,
+    :func:`separate_features` and :func:`propagate` for the same image.
+    """
+
+    graph: Graph
+    image: torch.Tensor  # (3,H,W) on the model's device
+    scores: torch.Tensor  # (K,H,W) or (K,)
+    shapes: list[torch.Size]
+    rules: dict[int, Rule]
+    rule_name: str
+    ops: dict[int, Any] = field(default_factory=dict)
+    terms: dict[int, list[_Back]] = field(default_factory=dict)
+    indices: dict[int, torch.Tensor] = field(default_factory=dict)  # pool -> (1,C,h*w)
+    add_parts: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    model_ref: Any = None
+    rule_spec: Any = "alpha1beta0"
+
+    @property
+    def device(self) -> torch.device:
+        return self.image.device
+
+    def layer_shape(self, name: str) -> tuple[int, ...]:
+        """Shape of layer ``name``'s activation without the batch dimension."""
+        return tuple(self.shapes[self.graph.layer_node(name)][1:])
+
+
+def _model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+    for p in model.parameters():
+        return p.device, (p.dtype if p.dtype.is_floating_point else torch.float32)
+    return torch.device("cpu"), torch.float32
+
+
+def check_image(image: Any) -> torch.Tensor:
+    """The image as a float tensor (3,H,W); a one-line SegscopeError otherwise."""
+    if isinstance(image, np.ndarray):
+        image = torch.from_numpy(image)
+    if not torch.is_tensor(image):
+        raise SegscopeError(f"the image must be a (3,H,W) float tensor, got {type(image).__name__}")
+    shape = tuple(image.shape)
+    if image.dim() != 3 or shape[0] != 3:
+        raise SegscopeError(f"the image must have shape (3,H,W), got {shape}")
+    if not image.dtype.is_floating_point:
+        raise SegscopeError(
+            f"the image must be float in [0,1] (3,H,W), got {image.dtype} of shape {shape}"
+        )
+    if shape[1] < 1 or shape[2] < 1:
+        raise SegscopeError(f"the image is empty: shape {shape}")
+    return image
+
+
+def forward_state(
+    model: nn.Module, image: torch.Tensor, rule: Any = "alpha1beta0",
+    graph: Graph | None = None,
+) -> ForwardState:
+    """Run ``model`` on ``image`` (3,H,W) and prepare every layer's backward step."""
+    model = unwrap(model)
+    image = check_image(image)
+    device, dtype = _model_device_dtype(model)
+    graph = graph if graph is not None else build_graph(model)
+    nodes = graph.nodes
+    linear = {i: (n.name, n.kind) for i, n in enumerate(nodes) if n.is_linear}
+    rules, rule_name = resolve_rules(rule, linear, graph.layers, graph.first)
+    x0 = image.to(device=device, dtype=dtype)
+    state = ForwardState(graph, x0, x0, [], rules, rule_name, rule_spec=rule)
+    try:
+        state.model_ref = weakref.ref(model)
+    except TypeError:  # pragma: no cover
+        state.model_ref = None
+    remaining = [0] * len(nodes)
+    for n in nodes:
+        for j in n.inputs:
+            remaining[j] += 1
+    outs: list[Any] = [None] * len(nodes)
+    with torch.no_grad():
+        for i, node in enumerate(nodes):
+            ins = [outs[j] for j in node.inputs]
+            outs[i] = _forward_node(state, i, node, ins, outs, x0)
+            state.shapes.append(outs[i].shape)
+            for j in node.inputs:
+                remaining[j] -= 1
+                if remaining[j] == 0 and j != graph.output:
+                    outs[j] = None  # the terms keep what the sweep needs
+    state.scores = outs[graph.output][0]
+    return state
+
+
+def _forward_node(state: ForwardState, i: int, node: Node, ins: list, outs: list,
+                  x0: torch.Tensor) -> torch.Tensor:
+    p, kind = node.params, node.kind
+    if kind == "input":
+        return x0.unsqueeze(0)
+    x = ins[0] if ins else None
+    if kind in ("conv", "linear"):
+        if kind == "conv":
+            if x.dim() != 4:
+                raise SegscopeError(f"layer {node.name!r} expects (N,C,H,W) input, got "
+                                    f"{tuple(x.shape)}")
+            w, b = p["weight"], p["bias"]
+            z = F.conv2d(x, w, b, p["stride"], p["padding"], p["dilation"], p["groups"])
+            op = ConvOp(node, x.shape, z.shape)
+        else:
+            op = LinearMapOp(node)
+            z = F.linear(x, op.weight, op.bias)
+        state.ops[i] = op
+        terms: list[Term] = state.rules[i].terms(x, op)
+        state.terms[i] = [_Back(t.a, t.s, op.back_weight(t.w)) for t in terms]
+        return z
+    if kind == "relu":
+        return torch.relu(x)
+    if kind == "maxpool":
+        out, idx = F.max_pool2d(x, p["kernel_size"], p["stride"], p["padding"], p["dilation"],
+                                p["ceil_mode"], return_indices=True)
+        state.indices[i] = idx.flatten(-2)
+        return out
+    if kind == "maxunpool":
+        pool = p["pool"]
+        idx = state.indices[pool]
+        if tuple(idx.shape[:2]) != tuple(x.shape[:2]) or idx.shape[-1] != x.shape[-2:].numel():
+            raise SegscopeError(
+                f"{node.name!r} gets a {tuple(x.shape)} input but its pool "
+                f"{state.graph.nodes[pool].name!r} produced {tuple(state.shapes[pool])}"
+            )
+        target = state.shapes[state.graph.nodes[pool].inputs[0]]
+        out = x.new_zeros(*target[:2], target[-2:].numel())
+        out.scatter_(-1, idx, x.flatten(-2))
+        return out.view(target)
+    if kind == "cat":
+        return torch.cat(ins, dim=1)
+    if kind == "add":
+        a, b = ins
+        state.add_parts[i] = (a, b)
+        return a + b
+    if kind == "flatten":
+        return torch.flatten(x, p["start"], p["end"])
+    if kind == "pad":
+        m = p["multiple"]
+        h, w = x.shape[-2:]
+        return F.pad(x, (0, -w % m, 0, -h % m))
+    if kind == "crop":
+        h, w = state.shapes[p["ref"]][-2:]
+        return x[..., :h, :w]
+    raise SegscopeError(f"internal: unknown node kind {kind!r}")  # pragma: no cover
+
+
+# -- the sweep ---------------------------------------------------------------------------
+@dataclass
+class _SweepResult:
+    input: torch.Tensor | None  # (B,3,H,W)
+    absorbed: dict[str, torch.Tensor]  # name -> (B,)
+    dropped: torch.Tensor  # (B,)
+
+
+def _sweep(state: ForwardState, start: dict[int, Any], keep: dict[int, Any] | None = None,
+           absorbed: bool = True) -> _SweepResult:
+    """Propagate relevance from ``start`` {node: (B,...) relevance} down to the input.
+
+    ``keep`` {node: callback(R)} receives the dense relevance at each kept node's output.
+    """
+    nodes = state.graph.nodes
+    keep = keep or {}
+    acc: dict[int, Any] = dict(start)
+    lost: dict[str, torch.Tensor] = {}
+    b = next(iter(start.values()))
+    batch = (b.values if isinstance(b, OneHot) else b).shape[0]
+    dev = state.device
+    dropped = torch.zeros(batch, device=dev, dtype=state.image.dtype)
+    result = None
+    for i in range(max(start), -1, -1):
+        if i not in acc:
+            continue
+        r = acc.pop(i)
+        if i in keep:
+            keep[i](_dense(r))
+        node = nodes[i]
+        if node.kind == "input":
+            result = _dense(r)
+            continue
+        back = _backward_node(state, i, node, r)
+        if node.kind == "pad":
+            dropped += _total(r) - _total(back[0][1])
+        elif absorbed and node.kind in ("conv", "linear", "add"):
+            lost[node.name] = _total(r) - sum(_total(rj) for _, rj in back)
+        for j, rj in back:
+            if j in acc:
+                acc[j] = _dense(acc[j]) + _dense(rj)
+            else:
+                acc[j] = rj
+    return _SweepResult(result, lost, dropped)
+
+
+def _backward_node(state: ForwardState, i: int, node: Node, r: Any) -> list[tuple[int, Any]]:
+    kind = node.kind
+    src = node.inputs
+    if kind == "relu":
+        return [(src[0], r)]
+    if kind in ("conv", "linear"):
+        op = state.ops[i]
+        if isinstance(r, OneHot) and not op.onehot_ok:
+            r = r.dense()
+        out = None
+        for t in state.terms[i]:
+            if isinstance(r, OneHot):
+                v = r.values if t.s is None else r.values * t.s[0, r.channels].unsqueeze(1)
+                part = op.back_onehot(v, t.wb, r.channels)
+            else:
+                part = op.back(r if t.s is None else r * t.s, t.wb)
+            if t.a is not None:
+                part = part * t.a
+            out = part if out is None else out + part
+        return [(src[0], out)]
+    if kind == "maxpool":
+        idx = state.indices[i]
+        in_shape = state.shapes[src[0]]
+        if isinstance(r, OneHot):
+            v = r.values.flatten(-2)
+            ix = idx[0, r.channels].unsqueeze(1)
+            out = v.new_zeros(v.shape[0], 1, in_shape[-2:].numel()).scatter_add_(-1, ix, v)
+            return [(src[0], OneHot(out.view(-1, 1, *in_shape[-2:]), r.channels,
+                                    r.num_channels))]
+        v = r.flatten(-2)
+        out = v.new_zeros(v.shape[0], in_shape[1], in_shape[-2:].numel())
+        out.scatter_add_(-1, idx.expand(v.shape[0], -1, -1), v)
+        return [(src[0], out.view(-1, *in_shape[1:]))]
+    if kind == "maxunpool":
+        idx = state.indices[node.params["pool"]]
+        in_shape = state.shapes[src[0]]
+        if isinstance(r, OneHot):
+            ix = idx[0, r.channels].unsqueeze(1)
+            out = r.values.flatten(-2).gather(-1, ix)
+            return [(src[0], OneHot(out.view(-1, 1, *in_shape[-2:]), r.channels,
+                                    r.num_channels))]
+        out = r.flatten(-2).gather(-1, idx.expand(r.shape[0], -1, -1))
+        return [(src[0], out.view(-1, *in_shape[1:]))]
+    if kind == "pad":
+        h, w = state.shapes[src[0]][-2:]
+        if isinstance(r, OneHot):
+            return [(src[0], r.map(lambda v: v[..., :h, :w]))]
+        return [(src[0], r[..., :h, :w])]
+    if kind == "crop":
+        ph, pw = state.shapes[src[0]][-2:]
+        h, w = state.shapes[i][-2:]
+        return [(src[0], r.map(lambda v: F.pad(v, (0, pw - w, 0, ph - h)))
+                 if isinstance(r, OneHot) else F.pad(r, (0, pw - w, 0, ph - h)))]
+    r = _dense(r)
+    if kind == "cat":
+        sizes = [state.shapes[j][1] for j in src]
+        return list(zip(src, torch.split(r, sizes, dim=1), strict=True))
+    if kind == "add":
+        a, b = state.add_parts[i]
+        share = r * recip(a + b)
+        return [(src[0], share * a), (src[1], share * b)]
+    if kind == "flatten":
+        return [(src[0], r.reshape(r.shape[0], *state.shapes[src[0]][1:]))]
+    raise SegscopeError(f"internal: no backward for node kind {kind!r}")  # pragma: no cover
+
+
+def _auto_batch(state: ForwardState, first_node: int, n: int, batch_size: int | None) -> int:
+    if batch_size is not None:
+        if int(batch_size) < 1:
+            raise SegscopeError(f"batch_size must be at least 1, got {batch_size}")
+        return int(batch_size)
+    biggest = max(math.prod(s[1:]) for s in state.shapes[: first_node + 1])
+    per_sample = 5 * biggest * state.image.element_size()
+    budget = DEFAULT_BUDGET
+    if state.device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(state.device)
+        budget = max(budget // 4, free // 2)
+    return max(1, min(n, budget // max(per_sample, 1)))
+
+
+def _chunks(n: int, size: int):
+    for start in range(0, n, size):
+        yield start, min(n, start + size)
+
+
+# -- results -----------------------------------------------------------------------------
+@dataclass(eq=False)
+class Explanation:
+    """LRP relevance of one concept on one image.
+
+    Attributes
+    ----------
+    pixels
+        (H,W) relevance of the pixels: the colour channels summed (eq 8.1).
+    input
+        (3,H,W) relevance of each colour channel.
+    layers
+        {layer name: (C,h,w)} relevance at the output of each kept layer.
+    output_total
+        Sum of the initial relevance.
+    absorbed
+        {layer name: relevance lost at that layer} — the bias shares (eq 6.13) and the
+        0/0-guarded shares; ``input_total + Σ absorbed + dropped == output_total``.
+    dropped
+        Relevance that reached SegNet's zero padding (beyond the image) and was dropped.
+    concept
+        The :class:`Concept` explained; ``description`` says it in words.
+    rule
+        The rule(s) used, as text (``alpha1beta0`` or ``conv1_1=zbox, default=...``).
+    initial
+        (K,H,W) initial relevance on the output scores.
+    """
+
+    pixels: torch.Tensor
+    input: torch.Tensor
+    layers: dict[str, torch.Tensor]
+    output_total: float
+    absorbed: dict[str, float]
+    dropped: float
+    concept: Concept | None
+    description: str
+    rule: str
+    initial: torch.Tensor
+    state: ForwardState | None = field(default=None, repr=False)
+
+    @property
+    def input_total(self) -> float:
+        """Total relevance that reached the pixels."""
+        return float(self.input.double().sum())
+
+    def layer_sum(self, name: str) -> torch.Tensor:
+        """(h,w) map Σ_k R_(k,y,x) of a kept layer (eq 9.1)."""
+        return self._kept(name).float().sum(0)
+
+    def layer_totals(self, name: str) -> torch.Tensor:
+        """(C,) relevance per feature map of a kept layer."""
+        return self._kept(name).double().flatten(1).sum(1).float()
+
+    def feature_values(self, name: str) -> torch.Tensor:
+        """(C,) feature values fv_k = (Σ_xy R_k / Σ R) · C of a kept layer (eq 9.3)."""
+        totals = self.layer_totals(name).double()
+        whole = totals.sum()
+        if whole == 0:
+            return torch.zeros_like(totals).float()
+        return (totals / whole * totals.numel()).float()
+
+    def _kept(self, name: str) -> torch.Tensor:
+        if name not in self.layers:
+            kept = ", ".join(list(self.layers)[:4]) or "none"
+            raise SegscopeError(f"layer {name!r} was not kept (kept: {kept}); pass keep=")
+        return self.layers[name]
+
+    def release(self) -> None:
+        """Drop the cached forward state (the memory of every activation)."""
+        self.state = None
+
+    def __repr__(self) -> str:
+        h, w = self.pixels.shape
+        return (f"Explanation({self.description!r}, rule={self.rule!r}, {h}x{w}, "
+                f"output_total={self.output_total:.4g}, input_total={self.input_total:.4g}, "
+                f"kept={len(self.layers)} layers)")
+
+
+@dataclass(eq=False)
+class FeatureMaps:
+    """Per-channel pixel relevance from :func:`separate_features` (§9.8).
+
+    ``pixels[i]`` is channel ``channels[i]`` of ``layer`` alone, propagated to the
+    pixels; ``totals[i]`` its relevance at the layer.
+    """
+
+    pixels: torch.Tensor  # (C,H,W)
+    channels: list[int]
+    layer: str
+    totals: torch.Tensor  # (C,)
+
+    def __repr__(self) -> str:
+        return (f"FeatureMaps(layer={self.layer!r}, {len(self.channels)} channels, "
+                f"{tuple(self.pixels.shape[-2:])})")
+
+
+@dataclass(eq=False)
+class Propagation:
+    """Pixel relevance of any relevance tensor started at a layer (:func:`propagate`)."""
+
+    pixels: torch.Tensor  # (B,H,W)
+    input: torch.Tensor  # (B,3,H,W)
+    absorbed: dict[str, torch.Tensor]
+    dropped: torch.Tensor
+
+
+# -- public API --------------------------------------------------------------------------
+def _class_names(state: ForwardState) -> tuple[str, ...]:
+    if state.graph.class_names:
+        return state.graph.class_names
+    return tuple(str(k) for k in range(state.scores.shape[0]))
+
+
+def _keep_nodes(graph: Graph, keep: Any) -> list[str]:
+    if keep is None:
+        return []
+    if isinstance(keep, str):
+        if keep == "all":
+            return list(graph.layers)
+        keep = [keep]
+    names = [str(k) for k in keep]
+    for name in names:
+        graph.layer_node(name)
+    return list(dict.fromkeys(names))
+
+
+def _alloc(shape: tuple[int, ...], dtype: torch.dtype, keep_dir: Path | None, name: str):
+    if keep_dir is None:
+        return torch.empty(shape, dtype=dtype)
+    np_dtype = {torch.float16: np.float16, torch.float32: np.float32,
+                torch.float64: np.float64, torch.bfloat16: None}.get(dtype)
+    if np_dtype is None:
+        raise SegscopeError(f"keep_dir cannot store {dtype}; use float16 or float32")
+    safe = name.replace(os.sep, "_")
+    arr = np.lib.format.open_memmap(keep_dir / f"{safe}.npy", mode="w+", dtype=np_dtype,
+                                    shape=shape)
+    return torch.from_numpy(arr)
+
+
+def lrp(
+    model: nn.Module,
+    image: torch.Tensor,
+    concept: Concept | Sequence[Concept],
+    rule: Any = "alpha1beta0",
+    keep: str | Sequence[str] | None = None,
+    batch_size: int | None = None,
+    dtype_keep: torch.dtype = torch.float32,
+    keep_dir: str | os.PathLike | None = None,
+    state: ForwardState | None = None,
+) -> Explanation | list[Explanation]:
+    """Explain ``concept`` on ``image`` with LRP (SPEC §3-§4).
+
+    Parameters
+    ----------
+    model
+        A :class:`~segscope.SegNet` or a model built from Conv2d, BatchNorm2d, ReLU,
+        MaxPool2d, MaxUnpool2d, Linear, Flatten, ``torch.cat`` and ``+`` (traced with
+        torch.fx), in eval mode.
+    image
+        Float tensor (3,H,W), pixels in [0,1].
+    concept
+        A :class:`Concept`, or a list of them: one forward pass and one batched sweep
+        for all, one :class:`Explanation` each.
+    rule
+        A rule (``"alpha1beta0"``, ``"epsilon:0.01"``, a :mod:`~segscope.explain.rules`
+        object) or a per-layer mapping such as ``{"conv1_1": "zbox",
+        "default": "alpha1beta0"}`` (keys: layer names, ``first``, ``conv``, ``linear``,
+        ``default``).
+    keep
+        Layers whose relevance to keep: ``None``, a list of names or ``"all"``.
+    batch_size
+        Concepts per sweep chunk; by default as many as fit in about 2 GiB.
+    dtype_keep
+        dtype of the kept layers (``torch.float16`` halves their memory).
+    keep_dir
+        Write each kept layer to ``keep_dir/<layer>.npy`` (memory-mapped) instead of RAM.
+    state
+        A :class:`ForwardState` of this image and rule to reuse (see :func:`forward_state`).
+
+    Returns
+    -------
+    Explanation or list of Explanation
+    """
+    single = isinstance(concept, Concept)
+    concepts = [concept] if single else list(concept)
+    if not concepts:
+        raise SegscopeError("no concept given to explain")
+    for c in concepts:
+        if not isinstance(c, Concept):
+            raise SegscopeError(f"a concept must be a segscope Concept, got {type(c).__name__}")
+    model = unwrap(model)
+    if state is None:
+        state = forward_state(model, image, rule)
+    graph = state.graph
+    names = _keep_nodes(graph, keep)
+    class_names = _class_names(state)
+    initial = torch.stack([c.initial_relevance(state.scores, class_names) for c in concepts])
+    n = len(concepts)
+    out_dir = None
+    if keep_dir is not None and names:
+        out_dir = Path(keep_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+    store = {name: _alloc((n, *state.shapes[graph.layers[name]][1:]), dtype_keep, out_dir, name)
+             for name in names}
+    by_node: dict[int, list[str]] = {}
+    for name in names:
+        by_node.setdefault(graph.layers[name], []).append(name)
+    h, w = state.image.shape[-2:]
+    inputs = torch.empty(n, 3, h, w, dtype=state.image.dtype)
+    absorbed: dict[str, torch.Tensor] = {}
+    dropped = torch.zeros(n, dtype=torch.float64)
+    size = _auto_batch(state, graph.output, n, batch_size)
+    with torch.no_grad():
+        for lo, hi in _chunks(n, size):
+            def saver(r, lo=lo, hi=hi, node_names=()):
+                for name in node_names:
+                    store[name][lo:hi] = r.to("cpu", dtype_keep)
+
+            keep_fns = {i: (lambda r, ns=tuple(ns), lo=lo, hi=hi: saver(r, lo, hi, ns))
+                        for i, ns in by_node.items()}
+            res = _sweep(state, {graph.output: initial[lo:hi].to(state.device)}, keep_fns)
+            inputs[lo:hi] = res.input.cpu()
+            dropped[lo:hi] = res.dropped.double().cpu()
+            for name, v in res.absorbed.items():
+                absorbed.setdefault(name, torch.zeros(n, dtype=torch.float64))[lo:hi] = \
+                    v.double().cpu()
+    totals = initial.double().flatten(1).sum(1)
+    results = []
+    for b, c in enumerate(concepts):
+        results.append(Explanation(
+            pixels=inputs[b].sum(0),
+            input=inputs[b],
+            layers={name: store[name][b] for name in names},
+            output_total=float(totals[b]),
+            absorbed={name: float(v[b]) for name, v in absorbed.items()},
+            dropped=float(dropped[b]),
+            concept=c,
+            description=c.describe(class_names),
+            rule=state.rule_name,
+            initial=initial[b].cpu(),
+            state=state,
+        ))
+    return results[0] if single else results
+
+
+def _state_for(model: nn.Module, image: torch.Tensor, explanation: Explanation | None,
+               rule: Any) -> ForwardState:
+    """The explanation's cached forward state when it matches, else a fresh one."""
+    model = unwrap(model)
+    image = check_image(image)
+    st = explanation.state if explanation is not None else None
+    if st is not None and st.model_ref is not None and st.model_ref() is model \
+            and tuple(st.image.shape) == tuple(image.shape) \
+            and torch.equal(st.image, image.to(st.image.device, st.image.dtype)):
+        return st
+    return forward_state(model, image, rule)
+
+
+def separate_features(
+    model: nn.Module,
+    image: torch.Tensor,
+    explanation: Explanation,
+    layer: str,
+    channels: Sequence[int] | None = None,
+    batch_size: int | None = None,
+) -> FeatureMaps:
+    """Each channel of ``layer``'s relevance alone, propagated to the pixels (§9.8).
+
+    Starts the sweep at ``layer`` with only channel k of the explanation's relevance
+    there kept, for every requested channel (default all), in batches; the first step
+    from a single channel is a transposed convolution with that channel's weights only.
+    Reuses the explanation's forward pass when it was made for this model and image.
+
+    The maps of all channels sum to the pixel relevance of the whole layer; for SegNet
+    (a chain) that is ``explanation.pixels``.
+    """
+    state = _state_for(model, image, explanation, _rule_of(explanation))
+    graph = state.graph
+    node = graph.layer_node(layer)
+    rel = explanation.layers.get(layer)
+    if rel is None:
+        rel = _layer_relevance(state, explanation.initial, node)
+    rel = rel.to(state.device, state.image.dtype)
+    if rel.dim() != 3:
+        raise SegscopeError(f"layer {layer!r} has no feature maps (shape {tuple(rel.shape)})")
+    c = rel.shape[0]
+    if channels is None:
+        chans = list(range(c))
+    else:
+        chans = [int(k) for k in channels]
+        bad = [k for k in chans if not 0 <= k < c]
+        if bad:
+            raise SegscopeError(f"channel {bad[0]} out of range: layer {layer!r} has {c} channels")
+    h, w = state.image.shape[-2:]
+    pixels = torch.empty(len(chans), h, w, dtype=state.image.dtype)
+    size = _auto_batch(state, node, len(chans), batch_size)
+    with torch.no_grad():
+        for lo, hi in _chunks(len(chans), size):
+            ks = torch.tensor(chans[lo:hi], device=state.device)
+            start = OneHot(rel[ks].unsqueeze(1), ks, c)
+            res = _sweep(state, {node: start}, absorbed=False)
+            pixels[lo:hi] = res.input.sum(1).cpu()
+        totals = rel.double().flatten(1).sum(1)[torch.tensor(chans, device=rel.device)]
+    return FeatureMaps(pixels, chans, layer, totals.float().cpu())
+
+
+def _rule_of(explanation: Explanation | None) -> Any:
+    if explanation is None:
+        return "alpha1beta0"
+    if explanation.state is not None:
+        return explanation.state.rule_spec
+    return _rebuild_rule(explanation)
+
+
+def _rebuild_rule(explanation: Explanation) -> Any:
+    text = explanation.rule
+    if "=" not in text:
+        return text
+    return [tuple(part.strip().split("=", 1)) for part in text.split(",")]
+
+
+def _layer_relevance(state: ForwardState, initial: torch.Tensor, node: int) -> torch.Tensor:
+    got: list[torch.Tensor] = []
+    with torch.no_grad():
+        _sweep(state, {state.graph.output: initial.unsqueeze(0).to(state.device)},
+               {node: got.append})
+    return got[0][0]
+
+
+def propagate(
+    model: nn.Module,
+    image: torch.Tensor,
+    layer: str,
+    relevance: torch.Tensor,
+    rule: Any = "alpha1beta0",
+    batch_size: int | None = None,
+    state: ForwardState | None = None,
+) -> Propagation:
+    """Propagate any relevance (B,C,h,w) (or (C,h,w)) placed at ``layer`` to the pixels.
+
+    Returns :class:`Propagation` with ``pixels`` (B,H,W) and ``input`` (B,3,H,W).
+    """
+    if state is None:
+        state = forward_state(model, image, rule)
+    node = state.graph.layer_node(layer)
+    rel = torch.as_tensor(relevance)
+    want = tuple(state.shapes[node][1:])
+    if tuple(rel.shape) == want:
+        rel = rel.unsqueeze(0)
+    if tuple(rel.shape[1:]) != want:
+        raise SegscopeError(
+            f"relevance for layer {layer!r} must be {want} or (B, *{want}), got "
+            f"{tuple(rel.shape)}"
+        )
+    n = rel.shape[0]
+    h, w = state.image.shape[-2:]
+    inputs = torch.empty(n, 3, h, w, dtype=state.image.dtype)
+    dropped = torch.zeros(n, dtype=torch.float64)
+    absorbed: dict[str, torch.Tensor] = {}
+    size = _auto_batch(state, node, n, batch_size)
+    with torch.no_grad():
+        for lo, hi in _chunks(n, size):
+            start = rel[lo:hi].to(state.device, state.image.dtype)
+            res = _sweep(state, {node: start})
+            inputs[lo:hi] = res.input.cpu()
+            dropped[lo:hi] = res.dropped.double().cpu()
+            for name, v in res.absorbed.items():
+                absorbed.setdefault(name, torch.zeros(n, dtype=torch.float64))[lo:hi] = \
+                    v.double().cpu()
+    return Propagation(inputs.sum(1), inputs, absorbed, dropped)

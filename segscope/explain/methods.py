@@ -1,0 +1,96 @@
+"""One dispatch for every gradient-based explanation method (used by ``segscope explain``).
+
+LRP has its own entry point (:func:`segscope.explain.lrp`); everything else goes through
+:func:`attribute`, which returns an :class:`~segscope.explain.result.Attribution`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..errors import SegscopeError
+from .concepts import Concept
+from .result import Attribution
+
+#: Method names accepted by :func:`attribute`.
+METHODS = ("gradcam", "gradcam-rf", "sensitivity", "gradxinput", "deconvnet", "guided", "actmax")
+
+#: Steps of activation maximization when none are given.
+ACTMAX_STEPS = 100
+
+
+def attribute(
+    method: str,
+    model: nn.Module,
+    image: torch.Tensor,
+    concept: Concept | None,
+    *,
+    layer: str | None = None,
+    root: torch.Tensor | float | None = None,
+    channel: int | None = None,
+    steps: int | None = None,
+    seed: int = 0,
+) -> Attribution:
+    """Explain ``concept`` on ``image`` (3,H,W) with ``method``.
+
+    Parameters
+    ----------
+    method
+        One of :data:`METHODS`: ``gradcam``, ``gradcam-rf`` (the receptive-field variant,
+        eq 7.15), ``sensitivity`` (eq 5.2), ``gradxinput`` (eq 5.6), ``deconvnet``,
+        ``guided`` (fig 5.4), ``actmax`` (eq 5.1).
+    layer
+        Grad-CAM's layer (default :data:`segscope.explain.gradcam.DEFAULT_LAYER`,
+        ``conv5_1_D``); for ``actmax`` with ``channel``, the layer of that channel.
+    root
+        Root point of ``gradxinput`` (a number or a (3,H,W) tensor; default 0).
+    channel
+        ``actmax``: maximize the mean activation of this channel of ``layer`` instead of
+        the concept.
+    steps
+        ``actmax``: number of ascent steps (default 100).
+    seed
+        ``actmax``: seed of the starting noise image.
+    """
+    if method not in METHODS:
+        raise SegscopeError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if method != "actmax" or channel is None:
+        if not isinstance(concept, Concept):
+            raise SegscopeError(f"method {method!r} needs a concept (a pixel, mask, ...)")
+    if method in ("gradcam", "gradcam-rf"):
+        from .gradcam import DEFAULT_LAYER, gradcam_maps
+
+        name = DEFAULT_LAYER if layer is None else layer
+        rf = method == "gradcam-rf"
+        maps, g = gradcam_maps(model, image, concept, [name], receptive_field=rf)
+        (lname, m), = maps.items()
+        return Attribution(
+            method, m.map, None, concept.describe(g.class_names),
+            {"layer": lname, "weights": m.weights, "low_res": m.low_res,
+             "receptive": m.receptive, "target": g.target, "receptive_field": rf},
+        )
+
+    from . import gradients
+
+    if method == "sensitivity":
+        return gradients.sensitivity(model, image, concept)
+    if method == "gradxinput":
+        return gradients.gradient_x_input(model, image, concept, root=root)
+    if method == "deconvnet":
+        return gradients.deconvnet(model, image, concept)
+    if method == "guided":
+        return gradients.guided_backprop(model, image, concept)
+    # actmax
+    gradients.check_image(image)
+    if channel is not None:
+        if layer is None:
+            raise SegscopeError("actmax with a channel needs a layer (e.g. conv4_1)")
+        target: Concept | tuple[str, int] = (layer, channel)
+    else:
+        target = concept
+    return gradients.activation_maximization(
+        model, target, size=tuple(image.shape[-2:]),
+        steps=ACTMAX_STEPS if steps is None else int(steps), seed=seed,
+        progress=True,
+    )

@@ -1,0 +1,357 @@
+"""LRP rules as small data objects (SPEC §3, thesis §6).
+
+A rule looks at one weighted layer (convolution or linear map) once per image and
+returns its backward step as a list of :class:`Term` ``(a, s, w)``: the relevance R of the
+layer's outputs goes back to its inputs as
+
+    R_in = Σ_t  a_t ⊙ Wᵀ_t (R ⊙ s_t)
+
+where ``s_t`` (output-shaped) holds everything that depends on the forward pass only —
+the reciprocal denominators 1/z_j with the 0/0 = 0 guard, times α or −β — ``w_t`` is the
+weight variant (W⁺, W⁻, W + γW⁺, ...), ``Wᵀ`` the transposed operation
+(``conv_transpose``) and ``a_t`` (input-shaped) the input activations x, x⁺, x⁻ or a bound.
+All of that is computed once per image; the relevance sweep is then one transposed
+convolution per term for a whole batch of concepts.
+
+Notation as in SPEC §3: z_ij = x_i w_ij, f⁺ = max(f, 0), f⁻ = min(f, 0).
+
+Every rule can be written as a string: ``alpha1beta0``, ``alpha2beta1``,
+``alpha1beta0:nobias``, ``epsilon``, ``epsilon:0.01``, ``zplus``, ``gamma``,
+``gamma:0.25``, ``flat``, ``wsquare``, ``zbox``, ``zbox:-1:1``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+
+from ..errors import SegscopeError
+
+
+class LinearOp(Protocol):
+    """The forward map of one weighted layer: ``fwd(x, w, b) = conv(x, w) + b``."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+
+    def fwd(self, x: torch.Tensor, w: torch.Tensor,
+            b: torch.Tensor | None = None) -> torch.Tensor: ...
+
+
+@dataclass
+class Term:
+    """One term ``a ⊙ Wᵀ(R ⊙ s)`` of a rule's backward step (``None`` means 1)."""
+
+    a: torch.Tensor | None
+    s: torch.Tensor | None
+    w: torch.Tensor
+
+
+def recip(z: torch.Tensor) -> torch.Tensor:
+    """1/z with the 0/0 = 0 guard of SPEC §3: 0 where z is 0."""
+    return torch.where(z != 0, 1.0 / z, torch.zeros((), dtype=z.dtype, device=z.device))
+
+
+def _pos(t: torch.Tensor | None) -> torch.Tensor | None:
+    return None if t is None else t.clamp(min=0)
+
+
+def _neg(t: torch.Tensor | None) -> torch.Tensor | None:
+    return None if t is None else t.clamp(max=0)
+
+
+def _num(v: float) -> str:
+    return f"{v:g}"
+
+
+class Rule:
+    """Base class: ``terms(x, op)`` gives the backward step of one layer."""
+
+    def terms(self, x: torch.Tensor, op: LinearOp) -> list[Term]:  # pragma: no cover
+        raise NotImplementedError
+
+    @property
+    def name(self) -> str:  # pragma: no cover
+        raise NotImplementedError
+
+    def __str__(self) -> str:
+        return self.name
+
+
+@dataclass(frozen=True)
+class AlphaBeta(Rule):
+    """The α-β rule of eq 6.7 with the bias in the denominators (SPEC §3).
+
+    R_i = Σ_j R_j (α z_ij⁺ / z_j⁺ − β z_ij⁻ / z_j⁻), z_j⁺ = Σ_i z_ij⁺ + b_j⁺,
+    z_j⁻ = Σ_i z_ij⁻ + b_j⁻; α − β = 1, β ≥ 0. ``bias=False`` leaves the biases out of
+    the denominators (then a layer conserves relevance up to the 0/0 guard).
+    """
+
+    alpha: float = 1.0
+    beta: float = 0.0
+    bias: bool = True
+
+    def __post_init__(self) -> None:
+        if self.beta < 0 or abs(self.alpha - self.beta - 1.0) > 1e-9:
+            raise SegscopeError(
+                f"the alpha-beta rule needs alpha - beta = 1 and beta >= 0, got "
+                f"alpha={_num(self.alpha)}, beta={_num(self.beta)}"
+            )
+
+    @property
+    def name(self) -> str:
+        return f"alpha{_num(self.alpha)}beta{_num(self.beta)}" + ("" if self.bias else ":nobias")
+
+    def terms(self, x: torch.Tensor, op: LinearOp) -> list[Term]:
+        w, b = op.weight, op.bias if self.bias else None
+        wp, wn = w.clamp(min=0), w.clamp(max=0)
+        if bool((x >= 0).all()):
+            # Post-ReLU inputs: z_ij⁺ = x_i w_ij⁺, so one transposed conv per sign.
+            out = [Term(x, self.alpha * recip(op.fwd(x, wp, _pos(b))), wp)]
+            if self.beta:
+                out.append(Term(x, -self.beta * recip(op.fwd(x, wn, _neg(b))), wn))
+            return out
+        xp, xn = x.clamp(min=0), x.clamp(max=0)
+        sp = self.alpha * recip(op.fwd(xp, wp, _pos(b)) + op.fwd(xn, wn))
+        out = [Term(xp, sp, wp), Term(xn, sp, wn)]
+        if self.beta:
+            sn = -self.beta * recip(op.fwd(xp, wn, _neg(b)) + op.fwd(xn, wp))
+            out += [Term(xp, sn, wn), Term(xn, sn, wp)]
+        return out
+
+
+@dataclass(frozen=True)
+class ZPlus(Rule):
+    """The z⁺ rule: positive contributions only, biases left out (= α1β0 without bias)."""
+
+    @property
+    def name(self) -> str:
+        return "zplus"
+
+    def terms(self, x: torch.Tensor, op: LinearOp) -> list[Term]:
+        return AlphaBeta(1.0, 0.0, bias=False).terms(x, op)
+
+
+@dataclass(frozen=True)
+class Epsilon(Rule):
+    """The ε rule: R_i = Σ_j z_ij / (z_j + ε sign(z_j)) R_j, z_j with the bias.
+
+    sign(0) is taken as +1, so the denominator is never 0 for ε > 0.
+    """
+
+    eps: float = 1e-6
+    bias: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.eps >= 0:
+            raise SegscopeError(f"epsilon must be >= 0, got {self.eps}")
+
+    @property
+    def name(self) -> str:
+        return f"epsilon:{_num(self.eps)}" + ("" if self.bias else ":nobias")
+
+    def terms(self, x: torch.Tensor, op: LinearOp) -> list[Term]:
+        z = op.fwd(x, op.weight, op.bias if self.bias else None)
+        sign = torch.where(z >= 0, 1.0, -1.0).to(z.dtype)
+        return [Term(x, recip(z + self.eps * sign), op.weight)]
+
+
+@dataclass(frozen=True)
+class Gamma(Rule):
+    """The γ rule: weights w + γw⁺ and bias b + γb⁺, R_i = Σ_j x_i w'_ij / z'_j R_j.
+
+    Meant for non-negative inputs (post-ReLU); for mixed signs it is applied as written.
+    """
+
+    gamma: float = 0.25
+    bias: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.gamma >= 0:
+            raise SegscopeError(f"gamma must be >= 0, got {self.gamma}")
+
+    @property
+    def name(self) -> str:
+        return f"gamma:{_num(self.gamma)}" + ("" if self.bias else ":nobias")
+
+    def terms(self, x: torch.Tensor, op: LinearOp) -> list[Term]:
+        w = op.weight + self.gamma * op.weight.clamp(min=0)
+        b = None
+        if self.bias and op.bias is not None:
+            b = op.bias + self.gamma * op.bias.clamp(min=0)
+        return [Term(x, recip(op.fwd(x, w, b)), w)]
+
+
+@dataclass(frozen=True)
+class Flat(Rule):
+    """The flat rule: every connected input gets an equal share, z_ij = 1."""
+
+    @property
+    def name(self) -> str:
+        return "flat"
+
+    def terms(self, x: torch.Tensor, op: LinearOp) -> list[Term]:
+        ones = torch.ones_like(op.weight)
+        return [Term(None, recip(op.fwd(torch.ones_like(x), ones)), ones)]
+
+
+@dataclass(frozen=True)
+class WSquare(Rule):
+    """The w² rule: shares proportional to the squared weights, z_ij = w_ij²."""
+
+    @property
+    def name(self) -> str:
+        return "wsquare"
+
+    def terms(self, x: torch.Tensor, op: LinearOp) -> list[Term]:
+        w2 = op.weight * op.weight
+        return [Term(None, recip(op.fwd(torch.ones_like(x), w2)), w2)]
+
+
+@dataclass(frozen=True)
+class ZBox(Rule):
+    """The z^B rule for the pixel layer, inputs bounded in [low, high].
+
+    z_ij = x_i w_ij − l_i w_ij⁺ − h_i w_ij⁻ (no bias). ``low``/``high`` are scalars or
+    one value per input channel; the default [0, 1] is the range of segscope images.
+    """
+
+    low: float | tuple[float, ...] = 0.0
+    high: float | tuple[float, ...] = 1.0
+
+    @property
+    def name(self) -> str:
+        if self.low == 0.0 and self.high == 1.0:
+            return "zbox"
+        return f"zbox:{self.low}:{self.high}"
+
+    def terms(self, x: torch.Tensor, op: LinearOp) -> list[Term]:
+        w = op.weight
+        wp, wn = w.clamp(min=0), w.clamp(max=0)
+        lo, hi = _bound(self.low, x), _bound(self.high, x)
+        z = op.fwd(x, w) - op.fwd(lo, wp) - op.fwd(hi, wn)
+        s = recip(z)
+        return [Term(x, s, w), Term(-lo, s, wp), Term(-hi, s, wn)]
+
+
+def _bound(value: Any, x: torch.Tensor) -> torch.Tensor:
+    t = torch.as_tensor(value, dtype=x.dtype, device=x.device)
+    if t.dim() == 1 and x.dim() == 4:
+        if t.numel() != x.shape[1]:
+            raise SegscopeError(
+                f"zbox bounds have {t.numel()} values, the layer has {x.shape[1]} input channels"
+            )
+        t = t.view(1, -1, 1, 1)
+    return t.expand_as(x).contiguous()
+
+
+# -- parsing -----------------------------------------------------------------------------
+_ALPHA_BETA = re.compile(r"^alpha([0-9.]+)beta([0-9.]+)(:nobias)?$")
+
+RULE_NAMES = ("alpha1beta0", "alpha2beta1", "epsilon", "zplus", "gamma", "flat", "wsquare",
+              "zbox")
+
+
+def _float(text: str, spec: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise SegscopeError(f"bad number {text!r} in rule {spec!r}") from None
+
+
+def parse_rule(spec: Rule | str) -> Rule:
+    """A :class:`Rule` from a rule object or its string form (see the module docstring)."""
+    if isinstance(spec, Rule):
+        return spec
+    if not isinstance(spec, str):
+        raise SegscopeError(f"a rule is a name or a Rule object, got {spec!r}")
+    text = spec.strip().lower()
+    m = _ALPHA_BETA.match(text)
+    if m:
+        return AlphaBeta(_float(m.group(1), spec), _float(m.group(2), spec),
+                         bias=m.group(3) is None)
+    head, *args = text.split(":")
+    nobias = "nobias" in args
+    args = [a for a in args if a != "nobias"]
+    makers: dict[str, Callable[..., Rule]] = {
+        "epsilon": lambda *a: Epsilon(*a, bias=not nobias),
+        "zplus": ZPlus,
+        "gamma": lambda *a: Gamma(*a, bias=not nobias),
+        "flat": Flat,
+        "wsquare": WSquare,
+        "zbox": ZBox,
+    }
+    if head not in makers:
+        raise SegscopeError(
+            f"unknown LRP rule {spec!r}; choose one of {', '.join(RULE_NAMES)} "
+            "(e.g. epsilon:0.01, gamma:0.25, alpha2beta1)"
+        )
+    try:
+        return makers[head](*(_float(a, spec) for a in args))
+    except TypeError:
+        raise SegscopeError(f"rule {spec!r} has too many parameters") from None
+
+
+#: Keys of a per-layer rule mapping that are not layer names.
+TYPE_KEYS = ("first", "conv", "linear", "default")
+
+
+def resolve_rules(
+    spec: Rule | str | Mapping[str, Rule | str] | Sequence[tuple[str, Rule | str]],
+    linear_nodes: Mapping[int, tuple[str, str]],
+    aliases: Mapping[str, int],
+    first: int,
+) -> tuple[dict[int, Rule], str]:
+    """The rule of every weighted node, and a one-line description.
+
+    Parameters
+    ----------
+    spec
+        One rule for every layer, or a mapping (dict, or list of ``(key, rule)`` pairs)
+        from layer names or the keys ``first`` (the pixel layer), ``conv``, ``linear``,
+        ``default`` to rules. A layer name beats ``first``, ``first`` beats the kind,
+        the kind beats ``default``; without ``default`` the default is ``alpha1beta0``.
+    linear_nodes
+        node index -> (node name, kind) of the weighted nodes.
+    aliases
+        Other names (public layer names) -> node index.
+    first
+        The node index of the pixel layer.
+    """
+    if isinstance(spec, Rule | str):
+        rule = parse_rule(spec)
+        return {i: rule for i in linear_nodes}, rule.name
+    pairs = list(spec.items()) if isinstance(spec, Mapping) else list(spec)
+    by_node: dict[int, Rule] = {}
+    by_key: dict[str, Rule] = {}
+    names = {name: i for i, (name, _) in linear_nodes.items()}
+    for item in pairs:
+        if not (isinstance(item, tuple | list) and len(item) == 2):
+            raise SegscopeError(f"a per-layer rule is a (layer, rule) pair, got {item!r}")
+        key, value = str(item[0]), parse_rule(item[1])
+        if key in TYPE_KEYS:
+            by_key[key] = value
+            continue
+        index = names.get(key, aliases.get(key))
+        if index is None or index not in linear_nodes:
+            sample = ", ".join(list(names)[:4])
+            raise SegscopeError(
+                f"rule given for {key!r}, which is not a conv/linear layer of this model "
+                f"(e.g. {sample}; or one of {', '.join(TYPE_KEYS)})"
+            )
+        by_node[index] = value
+    default = by_key.get("default", AlphaBeta())
+    out = {}
+    for i, (_, kind) in linear_nodes.items():
+        if i in by_node:
+            out[i] = by_node[i]
+        elif i == first and "first" in by_key:
+            out[i] = by_key["first"]
+        else:
+            out[i] = by_key.get(kind, default)
+    desc = ", ".join(f"{k}={parse_rule(v).name}" for k, v in pairs)
+    return out, desc

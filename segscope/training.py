@@ -1,0 +1,718 @@
+"""Training SegNet: SPEC §2 defaults, exact resume, DDP through ``torchrun``.
+
+:func:`train` is what ``segscope train`` and the demo call. A run writes into one folder:
+
+- ``model.safetensors`` — the final model (:func:`segscope.save_model` format);
+  ``best.safetensors`` — the best by validation mIoU, when there is validation;
+- ``checkpoint.safetensors`` + ``checkpoint.state.safetensors`` — the model and the rest
+  of the training state (optimizer tensors, RNG states; step, data position, history and
+  config as JSON in the header); no pickle anywhere;
+- ``metrics.csv``, ``metrics.json``, ``curves.png``, ``config.json``.
+
+Exact resume: the order of the training images is a pure function of (seed, epoch), the
+learning rate a pure function of the step, and the checkpoint holds the optimizer state
+and the position inside the epoch, so a resumed run ends with the same weights, bit for
+bit, as one that was never interrupted (on the same device and thread count).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import random
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from ._io import atomic_path, write_json, write_text
+from .checkpoint import load_model, load_weights, read_metadata, save_model, unwrap
+from .data.classes import IGNORE, ROAD3
+from .errors import SegscopeError
+from .metrics import class_pixel_counts, median_frequency_weights
+from .models import SegNet
+from .predict import autocast, evaluate_dataset
+
+CHECKPOINT = "checkpoint.safetensors"
+STATE = "checkpoint.state.safetensors"
+STATE_KEY = "segscope_train_state"
+
+#: Settings that may differ when a run is resumed: they do not change the result.
+RUNTIME_FIELDS = ("device", "workers", "quiet", "out", "resume", "stop_after")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything a training run depends on (saved as ``config.json``).
+
+    ``data`` / ``val_data`` are ``--data`` specs for :func:`segscope.data.open_dataset`
+    (e.g. a folder or ``synthetic:2000``) or dataset objects.
+    """
+
+    data: Any = "synthetic:2000"
+    val_data: Any = None
+    out: str = "segscope-train"
+    size: tuple[int, int] | None = None
+    limit: int | None = None
+    val_limit: int | None = None
+    width: float = 1.0
+    iters: int | None = None
+    epochs: int | None = None
+    batch_size: int = 4
+    optimizer: str = "sgd"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "constant"
+    warmup: int = 0
+    class_weights: str = "median"
+    weight_sample: int = 64
+    val_every: int = 0
+    log_every: int = 10
+    checkpoint_every: int = 0
+    seed: int = 0
+    device: str = "auto"
+    workers: int = 0
+    channels_last: bool = False
+    bf16: bool = False
+    pretrained: str | None = None
+    resume: bool = False
+    quiet: bool = False
+    stop_after: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        for key in ("data", "val_data"):
+            if d[key] is not None and not isinstance(d[key], str | os.PathLike):
+                d[key] = f"<{type(d[key]).__name__} of {len(d[key])} images>"
+        if d["size"] is not None:
+            d["size"] = list(d["size"])
+        return d
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What :func:`train` returns."""
+
+    out: Path
+    model_path: Path | None
+    best_path: Path | None
+    step: int
+    total_steps: int
+    history: list[dict]
+    val_metrics: dict | None
+    class_weights: list[float]
+    seconds: float
+    interrupted: bool = False
+
+
+# -- distributed -----------------------------------------------------------------------
+@dataclasses.dataclass
+class _Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: torch.device = dataclasses.field(default_factory=lambda: torch.device("cpu"))
+    initialised_here: bool = False
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _setup_distributed(device_name: str) -> _Dist:
+    """Read torchrun's RANK/WORLD_SIZE/LOCAL_RANK and start a process group when > 1."""
+    from .cli._options import resolve_device
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    device = resolve_device(device_name)
+    if world <= 1:
+        return _Dist(device=device)
+    import torch.distributed as dist
+
+    rank = int(os.environ["RANK"])
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    here = False
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        here = True
+    return _Dist(rank, world, local_rank, device, here)
+
+
+def _barrier(d: _Dist) -> None:
+    if d.world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def _any_rank(flag: bool, d: _Dist) -> bool:
+    """True on every rank when ``flag`` is true on one (so that all ranks stop together)."""
+    if d.world <= 1:
+        return flag
+    import torch.distributed as dist
+
+    t = torch.tensor([1.0 if flag else 0.0],
+                     device=d.device if d.device.type == "cuda" else "cpu")
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+# -- data order --------------------------------------------------------------------------
+class ResumableSampler(DistributedSampler):
+    """:class:`~torch.utils.data.DistributedSampler` that can start inside an epoch.
+
+    The permutation of epoch ``e`` depends only on ``(seed, e)``; ``start`` skips the first
+    samples of this rank's share, which is how a resumed run continues with exactly the
+    images that the interrupted run would have seen next.
+    """
+
+    def __init__(self, dataset: Dataset, num_replicas: int = 1, rank: int = 0,
+                 seed: int = 0) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True,
+                         seed=seed, drop_last=False)
+        self.start = 0
+
+    def __iter__(self) -> Iterator[int]:
+        indices = list(super().__iter__())
+        return iter(indices[self.start:])
+
+    def __len__(self) -> int:
+        return self.num_samples - self.start
+
+
+def _ignore_sigint(_worker_id: int) -> None:
+    # Ctrl-C reaches the whole process group; the main process handles it (saves a
+    # checkpoint), workers must not die under it meanwhile.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+# -- learning rate -----------------------------------------------------------------------
+def learning_rate(config: TrainConfig, step: int, total: int) -> float:
+    """The learning rate of step ``step`` (0-based): a pure function, so resume is exact."""
+    base = config.lr
+    if config.warmup and step < config.warmup:
+        return base * (step + 1) / config.warmup
+    if config.schedule == "constant":
+        return base
+    t = (step - config.warmup) / max(1, total - config.warmup)
+    if config.schedule == "cosine":
+        return base * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+    if config.schedule == "poly":
+        return base * (1 - min(1.0, t)) ** 0.9
+    raise SegscopeError(f"unknown schedule {config.schedule!r} (constant, cosine, poly)")
+
+
+def make_optimizer(params, config: TrainConfig) -> torch.optim.Optimizer:
+    """SGD with momentum (SPEC §2 default) or Adam, with weight decay."""
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
+                               weight_decay=config.weight_decay)
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    raise SegscopeError(f"unknown optimizer {config.optimizer!r} (sgd or adam)")
+
+
+# -- one step ----------------------------------------------------------------------------
+class TrainStep:
+    """One optimisation step: forward, weighted cross-entropy, backward, update.
+
+    Parameters
+    ----------
+    model
+        The (possibly DDP-wrapped) model, already on ``device``.
+    optimizer
+        Its optimizer.
+    class_weights
+        (K,) cross-entropy weights or ``None``.
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer,
+                 class_weights: torch.Tensor | None, device: torch.device,
+                 channels_last: bool = False, bf16: bool = False,
+                 ignore_index: int = IGNORE) -> None:
+        self.model = model
+        self.optimizer = optimizer
+        self.weight = None if class_weights is None else class_weights.to(device)
+        self.device = device
+        self.channels_last = channels_last
+        self.bf16 = bf16
+        self.ignore_index = ignore_index
+        self.non_blocking = device.type == "cuda"
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Run the step; returns the loss as a 0-dim tensor (no device sync)."""
+        images = images.to(self.device, non_blocking=self.non_blocking)
+        labels = labels.to(self.device, non_blocking=self.non_blocking)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with autocast(self.device, self.bf16):
+            scores = self.model(images)
+        loss = F.cross_entropy(scores.float(), labels, weight=self.weight,
+                               ignore_index=self.ignore_index)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach()
+
+
+# -- class weights -----------------------------------------------------------------------
+def estimate_class_weights(dataset, num_classes: int, sample: int = 64) -> torch.Tensor:
+    """Median-frequency weights from ``sample`` images spread evenly over ``dataset``."""
+    n = len(dataset)
+    if n == 0:
+        raise SegscopeError("the training set is empty")
+    idx = np.unique(np.linspace(0, n - 1, num=min(n, max(1, sample))).round().astype(int))
+    counts = torch.stack([class_pixel_counts(dataset[int(i)][1], num_classes) for i in idx])
+    return median_frequency_weights(counts)
+
+
+# -- checkpoint state (safetensors tensors + JSON, no pickle) -----------------------------
+def _rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors = {"rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = s
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    tensors["rng.numpy"] = torch.from_numpy(np.asarray(keys, dtype=np.int64))
+    info = {"numpy": [kind, int(pos), int(has_gauss), float(cached)],
+            "python": _py_state_to_json(random.getstate())}
+    return tensors, info
+
+
+def _set_rng_state(tensors: dict[str, torch.Tensor], info: dict[str, Any]) -> None:
+    torch.set_rng_state(tensors["rng.torch"])
+    cuda = sorted(k for k in tensors if k.startswith("rng.cuda."))
+    if cuda and torch.cuda.is_available():
+        with contextlib.suppress(RuntimeError):
+            torch.cuda.set_rng_state_all([tensors[k] for k in cuda])
+    kind, pos, has_gauss, cached = info["numpy"]
+    np.random.set_state((kind, tensors["rng.numpy"].numpy().astype(np.uint32), pos,
+                         has_gauss, cached))
+    version, state, gauss = info["python"]
+    random.setstate((version, tuple(state), gauss))
+
+
+def _py_state_to_json(state) -> list:
+    version, internal, gauss = state
+    return [version, list(internal), gauss]
+
+
+def _optimizer_to_flat(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    sd = opt.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for pid, st in sd["state"].items():
+        for key, value in st.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optim.{pid}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(pid), {})[key] = value
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def _optimizer_from_flat(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
+                         info: dict) -> None:
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        if name.startswith("optim."):
+            _, pid, key = name.split(".", 2)
+            state.setdefault(int(pid), {})[key] = value
+    for pid, scalars in info.get("scalars", {}).items():
+        state.setdefault(int(pid), {}).update(scalars)
+    opt.load_state_dict({"state": state, "param_groups": info["param_groups"]})
+
+
+def save_training_state(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                        progress: dict[str, Any]) -> None:
+    """Write the checkpoint pair; the state file first, so a model file never runs ahead."""
+    from safetensors.torch import save_file
+
+    opt_tensors, opt_info = _optimizer_to_flat(optimizer)
+    rng_tensors, rng_info = _rng_state()
+    header = {**progress, "optimizer": opt_info, "rng": rng_info}
+    text = json.dumps(header)
+    with atomic_path(out / STATE) as tmp:
+        save_file({**opt_tensors, **rng_tensors}, str(tmp), metadata={STATE_KEY: text})
+    save_model(unwrap(model), out / CHECKPOINT, kind="checkpoint", step=progress["step"])
+
+
+def load_training_state(out: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Read the checkpoint pair of a run folder; checks that both files belong together."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    state_path, model_path = out / STATE, out / CHECKPOINT
+    if not state_path.is_file() or not model_path.is_file():
+        raise SegscopeError(f"nothing to resume in {out}: no {CHECKPOINT} / {STATE} there")
+    try:
+        with safe_open(str(state_path), framework="pt") as f:
+            header = json.loads((f.metadata() or {})[STATE_KEY])
+        tensors = load_file(str(state_path))
+    except Exception as exc:  # noqa: BLE001 - any reader failure is a bad file
+        raise SegscopeError(f"{state_path} is not a segscope training state ({exc})") from None
+    if read_metadata(model_path).get("step") != header.get("step"):
+        raise SegscopeError(
+            f"{model_path} and {state_path} are from different steps; the run was stopped "
+            "while writing them — start again without --resume"
+        )
+    return header, tensors
+
+
+# -- logging -----------------------------------------------------------------------------
+def _flat_row(record: dict[str, Any]) -> dict[str, Any]:
+    row = {k: v for k, v in record.items() if not isinstance(v, dict)}
+    for k, v in record.items():
+        if isinstance(v, dict):
+            for name, value in v.items():
+                row[f"{k}_{name}"] = value
+    return row
+
+
+def write_metrics(out: Path, history: list[dict]) -> None:
+    """``metrics.json`` (the records), ``metrics.csv`` (one flat row each), ``curves.png``."""
+    write_json(out / "metrics.json", history)
+    rows = [_flat_row(r) for r in history]
+    columns: list[str] = []
+    for r in rows:
+        columns += [c for c in r if c not in columns]
+    lines = [",".join(columns)]
+    for r in rows:
+        cells = []
+        for c in columns:
+            v = r.get(c)
+            cells.append("" if v is None else (f"{v:.6g}" if isinstance(v, float) else str(v)))
+        lines.append(",".join(cells))
+    write_text(out / "metrics.csv", "\n".join(lines) + "\n")
+    plot_curves(history, out / "curves.png")
+
+
+def plot_curves(history: list[dict], path: Path) -> None:
+    """Training loss and validation IoU against the step (matplotlib, Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [r for r in history if r.get("loss") is not None]
+    val = [r for r in history if r.get("val_iou")]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    ax = axes[0]
+    if train:
+        ax.plot([r["step"] for r in train], [r["loss"] for r in train], color="C0")
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.set_title("loss")
+    ax.grid(alpha=0.3)
+    ax = axes[1]
+    if val:
+        steps = [r["step"] for r in val]
+        for i, name in enumerate(val[-1]["val_iou"]):
+            ys = [r["val_iou"].get(name) for r in val]
+            ax.plot(steps, [np.nan if y is None else y for y in ys], marker="o", ms=3,
+                    label=name, color=f"C{i + 1}")
+        ax.plot(steps, [np.nan if r.get("val_miou") is None else r["val_miou"] for r in val],
+                "k--", label="mIoU")
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no validation", ha="center", va="center", transform=ax.transAxes)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("step")
+    ax.set_ylabel("IoU")
+    ax.set_title("validation IoU")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+# -- datasets ----------------------------------------------------------------------------
+def _open(spec: Any, split: str, size, limit) -> Any:
+    if spec is None:
+        return None
+    if not isinstance(spec, str | os.PathLike):
+        return spec
+    from .data.real import open_dataset
+
+    return open_dataset(str(spec), split=split, size=size, limit=limit)
+
+
+def _check_config(c: TrainConfig) -> None:
+    if c.iters is None and c.epochs is None:
+        raise SegscopeError("give the length of training: --iters N or --epochs N")
+    if c.iters is not None and c.epochs is not None:
+        raise SegscopeError("give either --iters or --epochs, not both")
+    for name in ("iters", "epochs", "batch_size"):
+        v = getattr(c, name)
+        if v is not None and v < 1:
+            raise SegscopeError(f"{name.replace('_', '-')} must be at least 1, got {v}")
+    if not c.lr > 0:
+        raise SegscopeError(f"lr must be positive, got {c.lr}")
+    if c.class_weights not in ("median", "none"):
+        raise SegscopeError(f"unknown class weighting {c.class_weights!r} (median or none)")
+    if c.optimizer not in ("sgd", "adam"):
+        raise SegscopeError(f"unknown optimizer {c.optimizer!r} (sgd or adam)")
+    if c.schedule not in ("constant", "cosine", "poly"):
+        raise SegscopeError(f"unknown schedule {c.schedule!r} (constant, cosine, poly)")
+
+
+def _merge_resumed(new: TrainConfig, saved: dict[str, Any]) -> TrainConfig:
+    """The saved run's config, with only the runtime settings taken from ``new``."""
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    merged = {k: v for k, v in saved.items() if k in fields}
+    for key in RUNTIME_FIELDS:
+        merged[key] = getattr(new, key)
+    for key in ("data", "val_data"):  # dataset objects cannot round-trip through JSON
+        if not isinstance(getattr(new, key), str | os.PathLike | None):
+            merged[key] = getattr(new, key)
+    if merged.get("size") is not None:
+        merged["size"] = tuple(merged["size"])
+    return TrainConfig(**merged)
+
+
+def _fmt(v: float | None) -> str:
+    return "-" if v is None else f"{v:.4f}"
+
+
+# -- the run -----------------------------------------------------------------------------
+class _Interrupt:
+    """SIGINT/SIGTERM -> a flag checked between steps; a second Ctrl-C aborts at once."""
+
+    def __init__(self) -> None:
+        self.flag = False
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> _Interrupt:
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.flag:
+            raise KeyboardInterrupt
+        self.flag = True
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def train(config: TrainConfig) -> TrainResult:
+    """Train SegNet as ``config`` says; see the module docstring for the outputs.
+
+    Under ``torchrun`` (WORLD_SIZE > 1) every rank runs this function: the images are
+    sharded with a distributed sampler, gradients averaged by DDP, and only rank 0 writes
+    files and shows progress. ``batch_size`` is per rank.
+
+    Raises
+    ------
+    KeyboardInterrupt
+        After Ctrl-C, once the checkpoint is written (the CLI exits with 130).
+    """
+    t0 = time.perf_counter()
+    out = Path(config.out)
+    header: dict[str, Any] | None = None
+    state_tensors: dict[str, torch.Tensor] = {}
+    if config.resume:
+        header, state_tensors = load_training_state(out)
+        config = _merge_resumed(config, header["config"])
+    _check_config(config)
+    d = _setup_distributed(config.device)
+    try:
+        return _run(config, d, out, header, state_tensors, t0)
+    finally:
+        if d.initialised_here:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _run(config: TrainConfig, d: _Dist, out: Path, header: dict | None,
+         state_tensors: dict[str, torch.Tensor], t0: float) -> TrainResult:
+    from tqdm.auto import tqdm
+
+    torch.manual_seed(config.seed)
+    np.random.seed(config.seed % 2**32)
+    random.seed(config.seed)
+
+    train_set = _open(config.data, "train", config.size, config.limit)
+    val_set = _open(config.val_data, "val", config.size, config.val_limit)
+    if len(train_set) < config.batch_size * d.world:
+        raise SegscopeError(
+            f"the training set has {len(train_set)} images, fewer than one batch "
+            f"({config.batch_size} x {d.world} ranks)"
+        )
+
+    model = SegNet(num_classes=len(ROAD3), width=config.width, class_names=ROAD3)
+    if config.pretrained and header is None:
+        model.load_vgg16_bn(config.pretrained)
+
+    if header is not None:
+        weights = torch.tensor(header["class_weights"], dtype=torch.float32)
+    elif config.class_weights == "median":
+        weights = estimate_class_weights(train_set, model.num_classes, config.weight_sample)
+    else:
+        weights = torch.ones(model.num_classes)
+
+    if header is not None:
+        resumed, _ = load_model(out / CHECKPOINT)
+        load_weights(model, resumed.state_dict(), source=str(out / CHECKPOINT))
+    model.to(d.device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    model.train()
+    optimizer = make_optimizer(model.parameters(), config)
+    if header is not None:
+        _optimizer_from_flat(optimizer, state_tensors, header["optimizer"])
+        _set_rng_state(state_tensors, header["rng"])
+    net: nn.Module = model
+    if d.world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        net = DDP(model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+
+    sampler = ResumableSampler(train_set, num_replicas=d.world, rank=d.rank, seed=config.seed)
+    steps_per_epoch = sampler.num_samples // config.batch_size
+    total = config.iters if config.iters is not None else config.epochs * steps_per_epoch
+    loader = DataLoader(
+        train_set, batch_size=config.batch_size, sampler=sampler, drop_last=True,
+        num_workers=config.workers, persistent_workers=config.workers > 0,
+        pin_memory=d.device.type == "cuda",
+        prefetch_factor=4 if config.workers > 0 else None,
+        worker_init_fn=_ignore_sigint if config.workers > 0 else None,
+    )
+    step_fn = TrainStep(net, optimizer, weights if config.class_weights == "median" else None,
+                        d.device, config.channels_last, config.bf16)
+
+    p = header or {}
+    step, epoch, in_epoch = p.get("step", 0), p.get("epoch", 0), p.get("batch_in_epoch", 0)
+    history: list[dict] = p.get("history", [])
+    best = p.get("best_miou")
+    loss_sum, loss_count = p.get("loss_sum", 0.0), p.get("loss_count", 0)
+    elapsed_before = p.get("seconds", 0.0)
+    val_metrics = p.get("val_metrics")
+
+    if d.main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "config.json", {**config.to_json(), "world_size": d.world,
+                                         "class_weights": weights.tolist()})
+
+    def progress() -> dict[str, Any]:
+        return {"step": step, "epoch": epoch, "batch_in_epoch": in_epoch, "history": history,
+                "best_miou": best, "loss_sum": loss_sum, "loss_count": loss_count,
+                "seconds": elapsed_before + time.perf_counter() - t0,
+                "val_metrics": val_metrics, "class_weights": weights.tolist(),
+                "config": config.to_json(), "total_steps": total}
+
+    def checkpoint() -> None:
+        if d.main:
+            save_training_state(out, model, optimizer, progress())
+        _barrier(d)
+
+    def validate() -> dict:
+        cm = evaluate_dataset(model, val_set, device=d.device, batch_size=config.batch_size,
+                              distributed=d.world > 1, channels_last=config.channels_last,
+                              bf16=config.bf16)
+        model.train()
+        return cm.metrics()
+
+    bar = tqdm(total=total, initial=step, desc="train", unit="it", dynamic_ncols=True,
+               disable=config.quiet or not d.main or not sys.stderr.isatty())
+    interrupted = False
+    best_path = out / "best.safetensors" if val_set is not None else None
+    try:
+        with _Interrupt() as stop:
+            while step < total:
+                sampler.set_epoch(epoch)
+                sampler.start = in_epoch * config.batch_size
+                for images, labels in loader:
+                    for group in optimizer.param_groups:
+                        group["lr"] = learning_rate(config, step, total)
+                    loss = step_fn(images, labels)
+                    loss_sum += float(loss)
+                    loss_count += 1
+                    step += 1
+                    in_epoch += 1
+                    if in_epoch >= steps_per_epoch:
+                        epoch, in_epoch = epoch + 1, 0
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss_sum / loss_count:.4f}", refresh=False)
+                    do_log = step % max(1, config.log_every) == 0 or step == total
+                    do_val = val_set is not None and (
+                        (config.val_every and step % config.val_every == 0) or step == total)
+                    if do_log or do_val:
+                        record = {"step": step, "epoch": epoch + in_epoch / steps_per_epoch,
+                                  "lr": optimizer.param_groups[0]["lr"],
+                                  "loss": loss_sum / loss_count if loss_count else None,
+                                  "seconds": round(elapsed_before + time.perf_counter() - t0, 3)}
+                        loss_sum, loss_count = 0.0, 0
+                        if do_val:
+                            val_metrics = validate()
+                            record.update({
+                                "val_global_accuracy": val_metrics["global_accuracy"],
+                                "val_mean_class_accuracy": val_metrics["mean_class_accuracy"],
+                                "val_miou": val_metrics["miou"],
+                                "val_iou": val_metrics["iou"]})
+                            miou = val_metrics["miou"] or 0.0
+                            if best is None or miou > best:
+                                best = miou
+                                if d.main:
+                                    save_model(model, best_path, kind="best", step=step,
+                                               val_metrics=val_metrics)
+                            if d.main and not config.quiet:
+                                bar.write(f"step {step}: val mIoU {miou:.4f} "
+                                          + " ".join(f"{k} {_fmt(v)}"
+                                                     for k, v in val_metrics["iou"].items()))
+                        history.append(record)
+                        if d.main:
+                            write_metrics(out, history)
+                    if config.checkpoint_every and step % config.checkpoint_every == 0:
+                        checkpoint()
+                    if _any_rank(stop.flag, d):
+                        interrupted = True
+                        break
+                    if config.stop_after is not None and step >= config.stop_after:
+                        interrupted = True
+                        break
+                    if step >= total:
+                        break
+                if interrupted:
+                    break
+    finally:
+        bar.close()
+    # Always leave a resumable checkpoint, also at the end (lets a run be extended).
+    checkpoint()
+    if interrupted:
+        if d.main and not config.quiet:
+            print(f"stopped at step {step}/{total}; continue with --resume --out {out}")
+        if config.stop_after is None:
+            raise KeyboardInterrupt
+        return TrainResult(out, None, None, step, total, history, val_metrics,
+                           weights.tolist(), elapsed_before + time.perf_counter() - t0, True)
+    model_path = out / "model.safetensors"
+    if d.main:
+        save_model(model, model_path, kind="final", step=step, val_metrics=val_metrics,
+                   train_config=config.to_json())
+        write_metrics(out, history)
+    _barrier(d)
+    return TrainResult(out, model_path, best_path if best is not None else None, step, total,
+                       history, val_metrics, weights.tolist(),
+                       elapsed_before + time.perf_counter() - t0)
