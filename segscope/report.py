@@ -132,7 +132,10 @@ def _figure(path: Path, caption: str) -> str:
 
 
 def _pct(v: float | None, digits: int = 1) -> str:
-    return "n/a" if v is None else f"{100 * float(v):.{digits}f} %"
+    if v is None or float(v) != float(v):
+        return "n/a"
+    x = round(100 * float(v), digits)
+    return f"{x if x != 0 else 0.0:.{digits}f} %"  # never "-0.0 %"
 
 
 def _num(v: float | None, digits: int = 3) -> str:
@@ -168,7 +171,9 @@ def _cap_overlay(s: Mapping[str, Any]) -> str:
     return (f"Relevance of each pixel (eq 8.1) for {html.escape(lw['concept'])}, on its own "
             "blue-white-red scale (eq 8.2) and blended over the image. Red pixels speak for "
             f"the class. The pixels receive {_pct(lw['share_reaching_pixels'])} of the output "
-            "relevance; the rest was absorbed by the biases (§9.11).")
+            "relevance; the rest was absorbed by the biases (§9.11)"
+            + (f" or reached the zero padding beyond the image ({_pct(lw['dropped_share'])})"
+               if lw.get("dropped_share") else "") + ".")
 
 
 def _cap_layerwise(s: Mapping[str, Any]) -> str:

@@ -44,6 +44,10 @@ BIAS_BATCH = 16
 DEFAULT_SYNTHETIC = "synthetic:8:narrow:1"
 
 
+class NoTruePositives(SegscopeError):
+    """The model predicts no true positive of the class in any candidate image."""
+
+
 @dataclass
 class StudySettings:
     """What a study runs with; ``quick`` shrinks the defaults left as ``None``."""
@@ -58,6 +62,7 @@ class StudySettings:
     candidates: int | None = None  # synthetic images tried for the main image
     channels: int | None = None  # features separated (the top ones by fv); None = all
     size: tuple[int, int] | None = None
+    real_size: tuple[int, int] | None = None  # for the real images; default ``size``
     seed: int = 0
     notes: list[str] = field(default_factory=list)
 
@@ -65,7 +70,7 @@ class StudySettings:
         q = self.quick
         return StudySettings(
             cls=self.cls, layer=self.layer, compare_layer=self.compare_layer, rule=self.rule,
-            quick=q, size=self.size, seed=self.seed,
+            quick=q, size=self.size, real_size=self.real_size or self.size, seed=self.seed,
             pixels=self.pixels if self.pixels is not None else (8 if q else 32),
             scan=self.scan if self.scan is not None else (4 if q else 20),
             candidates=self.candidates if self.candidates is not None else (2 if q else 4),
@@ -165,6 +170,7 @@ def run_study(
         bar.set_description(name)
 
     from .explain import Concept, lrp, separate_features
+    from .explain.lrp import forward_state
     from .viz import figures as F
 
     # 1. images ----------------------------------------------------------------------------
@@ -203,7 +209,8 @@ def run_study(
     c = names.index(_class_name(cfg.cls, names))
     tp = (syn.prediction == c) & (syn.label == c)
     main_concept = Concept.mask(c, tp, assign="score")
-    main = lrp(model, syn.image, main_concept, rule=cfg.rule, keep="all")
+    syn_state = forward_state(model, syn.image, cfg.rule)  # one forward pass, reused
+    main = lrp(model, syn.image, main_concept, rule=cfg.rule, keep="all", state=syn_state)
     concept_text = f"the {int(tp.sum())} true positives of {names[c]!r} (score assignment)"
     order = list(reversed(model.layer_names))
     totals = {n: float(main.layers[n].sum()) for n in order}
@@ -218,6 +225,7 @@ def run_study(
     summary["layerwise"] = {
         "concept": concept_text, "output_total": output_total, "pixel_total": pixel_total,
         "share_reaching_pixels": A.share_reaching_input(pixel_total, output_total),
+        "dropped_share": A.share_reaching_input(float(main.dropped), output_total),
         "totals": totals,
     }
     bar.update()
@@ -249,10 +257,15 @@ def run_study(
     }
     bar.update()
 
+    main.layers = {cfg.layer: main.layers[cfg.layer]}  # the rest is not needed (memory)
+
     # 4. switch-off on one pixel (§9.7) ----------------------------------------------------
     step("switch-off")
     ya, xa, yb, xb = _two_pixels(tp)
-    pix_a = lrp(model, syn.image, Concept.pixel(c, ya, xa), rule=cfg.rule, keep="all")
+    pix_a = lrp(model, syn.image, Concept.pixel(c, ya, xa), rule=cfg.rule, keep="all",
+                state=syn_state)
+    prof_a = A.layer_profiles(pix_a.layers)
+    pix_a.layers = {}  # only the profiles are needed from here on (memory)
     curve = A.switch_off_curve(pix_a.pixels)
     pixel_concept = f"the {names[c]!r} score of pixel ({ya}, {xa})"
     figures["switch_off"] = _save(
@@ -308,6 +321,7 @@ def run_study(
     cmp_fv: dict[str, np.ndarray] = {}
     present = [n for n in names if n in cmp_concepts]
     results = lrp(model, syn.image, [cmp_concepts[n] for n in present], rule=cfg.rule,
+                  state=syn_state,
                   keep=[cfg.compare_layer])
     for n, r in zip(present, results, strict=True):
         cmp_fv[n] = A.feature_values(r.layers[cfg.compare_layer])
@@ -332,12 +346,13 @@ def run_study(
 
     # 7. synthetic vs real (§9.10) ---------------------------------------------------------
     step("synthetic vs real")
-    pix_b = lrp(model, syn.image, Concept.pixel(c, yb, xb), rule=cfg.rule, keep="all")
-    prof = {"synthetic A": A.layer_profiles(pix_a.layers)}
+    pix_b = lrp(model, syn.image, Concept.pixel(c, yb, xb), rule=cfg.rule, keep="all",
+                state=syn_state)
+    prof = {"synthetic A": prof_a, "synthetic B": A.layer_profiles(pix_b.layers)}
+    del pix_b
     comparisons = {"two synthetic pixels": (
         f"synthetic pixels ({ya}, {xa}) and ({yb}, {xb})",
-        A.profile_divergence(pix_a.layers, pix_b.layers, model.layer_names))}
-    prof["synthetic B"] = A.layer_profiles(pix_b.layers)
+        A.profile_divergence(prof_a, prof["synthetic B"], model.layer_names))}
     for key, sample, word in (("best", best, "well"), ("worst", worst, "badly")):
         if sample is None or (key == "worst" and worst is best):
             continue
@@ -350,10 +365,11 @@ def run_study(
         expl = lrp(model, sample.image, Concept.pixel(c, ry, rx), rule=cfg.rule, keep="all")
         label = f"real {key}"
         prof[label] = A.layer_profiles(expl.layers)
+        del expl
         comparisons[f"synthetic vs {label}"] = (
             f"synthetic pixel ({ya}, {xa}) vs pixel ({ry}, {rx}) of the {word} segmented real "
             f"image {sample.name}",
-            A.profile_divergence(pix_a.layers, expl.layers, model.layer_names))
+            A.profile_divergence(prof_a, prof[label], model.layer_names))
     div = {k: v[1] for k, v in comparisons.items()}
     layers_io = list(model.layer_names)
     figures["profiles"] = _save(
@@ -386,10 +402,11 @@ def run_study(
         picks = rng.choice(h * w, size=min(cfg.pixels, h * w), replace=False)
         coords = [(int(p // w), int(p % w)) for p in picks]
         probs = sample.probs[c]
+        state = syn_state if sample is syn else forward_state(model, sample.image, cfg.rule)
         for i in range(0, len(coords), BIAS_BATCH):
             batch = coords[i:i + BIAS_BATCH]
             res = lrp(model, sample.image, [Concept.pixel(c, y, x) for y, x in batch],
-                      rule=cfg.rule)
+                      rule=cfg.rule, state=state)
             for (y, x), r in zip(batch, res, strict=True):
                 rows_b.append([sample.name, y, x, float(probs[y, x]),
                                A.share_reaching_input(float(r.pixels.sum()),
@@ -446,6 +463,51 @@ def run_study(
     bar.close()
     full["report"] = str(report)
     return full
+
+
+# -- the demo's last step -------------------------------------------------------------------------
+def demo_step(ctx) -> None:
+    """``segscope demo``'s study step: a quick study of the model just trained.
+
+    Runs on a few of the demo's synthetic validation scenes (and on ``--real`` when
+    given, at the demo's real-image size) into ``<out>/study`` and records the report's
+    path in ``ctx.summary["study"]``. A model that predicts no road yet (a very short
+    training) is studied on the first class it does predict correctly; one that predicts
+    nothing correctly is recorded as skipped, not an error: the demo's other results stand.
+    """
+    o = ctx.options
+    spec = f"synthetic:{min(o.n_val, 4)}:{o.preset}:{o.seed + 1}"
+    real_size = None
+    if o.real:
+        real_size = ctx.summary.get("real", {}).get("size") if ctx.summary.get("real") else None
+    names = list(ctx.model.class_names)
+    order = [n for n in ("road", "markings") if n in names] + \
+        [n for n in names if n not in ("road", "markings")]
+    last: SegscopeError | None = None
+    for cls in order:
+        settings = StudySettings(
+            cls=cls, quick=True, size=tuple(o.size), channels=8 if o.quick else 16,
+            real_size=tuple(real_size) if real_size else None, scan=4 if o.quick else 8,
+            candidates=4, pixels=4 if o.quick else 8,
+            notes=[] if cls == order[0] else
+            [f"The model predicts no true positives of {order[0]!r} yet; the study explains "
+             f"{cls!r} instead."])
+        try:
+            summary = run_study(ctx.model_path, ctx.out / "study", synthetic=spec, real=o.real,
+                                settings=settings, device=ctx.device,
+                                quiet=o.quiet, model=ctx.model)
+        except NoTruePositives as exc:
+            last = exc
+            continue
+        ctx.summary["study"] = {
+            "folder": str(ctx.out / "study"), "report": summary["report"], "class": cls,
+            "pixels_holding_99": summary["switch_off"]["pixel_shares"]["0.99"],
+            "share_reaching_pixels": summary["layerwise"]["share_reaching_pixels"],
+        }
+        ctx.log(f"study: {summary['report']}")
+        return
+    ctx.summary["study"] = {"skipped": str(last)}
+    ctx.log(f"study skipped: {last}")
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -521,7 +583,7 @@ def _pick_synthetic(model, spec: str, cfg: StudySettings, device, names):
         tried.append((n_tp >= 2, s.iou if s.iou is not None else -1.0, -i, s))
     usable = [t for t in tried if t[0]]
     if not usable:
-        raise SegscopeError(
+        raise NoTruePositives(
             f"the model predicts no true positives of class {names[c]!r} in the "
             f"{len(tried)} synthetic image(s) of {spec}: nothing to explain (try another "
             "--class, more images with --candidates, or a trained checkpoint)")
@@ -548,11 +610,12 @@ def _scan_real(model, real, images, labels, cfg: StudySettings, device) -> list[
         if bool(bad.any()):
             raise SegscopeError(f"label {lab_path} holds id {int(label[bad][0])}; --label files "
                                 "use ROAD3 ids (0 background, 1 road, 2 markings, 255 ignore)")
-        if cfg.size is not None:
-            image, label = resize_image(image, cfg.size), resize_label(label, cfg.size)
+        if cfg.real_size is not None:
+            image = resize_image(image, cfg.real_size)
+            label = resize_label(label, cfg.real_size)
         samples.append(Sample(Path(img_path).name, image, label, _run(model, image, device)))
     if real is not None:
-        data = open_dataset(real, size=cfg.size, limit=cfg.scan)
+        data = open_dataset(real, size=cfg.real_size, limit=cfg.scan)
         if len(data) == 0:
             raise SegscopeError(f"the real data {real} has no images")
         for i in range(len(data)):

@@ -383,8 +383,9 @@ def _flat_row(record: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def write_metrics(out: Path, history: list[dict]) -> None:
-    """``metrics.json`` (the records), ``metrics.csv`` (one flat row each), ``curves.png``."""
+def write_metrics(out: Path, history: list[dict], plot: bool = True) -> None:
+    """``metrics.json`` (the records), ``metrics.csv`` (one flat row each), ``curves.png``
+    (when ``plot``; drawing takes a noticeable fraction of a second)."""
     write_json(out / "metrics.json", history)
     rows = [_flat_row(r) for r in history]
     columns: list[str] = []
@@ -398,7 +399,8 @@ def write_metrics(out: Path, history: list[dict]) -> None:
             cells.append("" if v is None else (f"{v:.6g}" if isinstance(v, float) else str(v)))
         lines.append(",".join(cells))
     write_text(out / "metrics.csv", "\n".join(lines) + "\n")
-    plot_curves(history, out / "curves.png")
+    if plot:
+        plot_curves(history, out / "curves.png")
 
 
 def plot_curves(history: list[dict], path: Path) -> None:
@@ -463,8 +465,8 @@ def _check_config(c: TrainConfig) -> None:
             raise SegscopeError(f"{name.replace('_', '-')} must be at least 1, got {v}")
     if not c.lr > 0:
         raise SegscopeError(f"lr must be positive, got {c.lr}")
-    if c.class_weights not in ("median", "none"):
-        raise SegscopeError(f"unknown class weighting {c.class_weights!r} (median or none)")
+    if c.class_weights not in ("median", "sqrt", "none"):
+        raise SegscopeError(f"unknown class weighting {c.class_weights!r} (median, sqrt, none)")
     if c.optimizer not in ("sgd", "adam"):
         raise SegscopeError(f"unknown optimizer {c.optimizer!r} (sgd or adam)")
     if c.schedule not in ("constant", "cosine", "poly"):
@@ -567,8 +569,10 @@ def _run(config: TrainConfig, d: _Dist, out: Path, header: dict | None,
 
     if header is not None:
         weights = torch.tensor(header["class_weights"], dtype=torch.float32)
-    elif config.class_weights == "median":
+    elif config.class_weights in ("median", "sqrt"):
         weights = estimate_class_weights(train_set, model.num_classes, config.weight_sample)
+        if config.class_weights == "sqrt":  # milder balancing: fewer false positives
+            weights = weights.sqrt()
     else:
         weights = torch.ones(model.num_classes)
 
@@ -599,7 +603,7 @@ def _run(config: TrainConfig, d: _Dist, out: Path, header: dict | None,
         prefetch_factor=4 if config.workers > 0 else None,
         worker_init_fn=_ignore_sigint if config.workers > 0 else None,
     )
-    step_fn = TrainStep(net, optimizer, weights if config.class_weights == "median" else None,
+    step_fn = TrainStep(net, optimizer, weights if config.class_weights != "none" else None,
                         d.device, config.channels_last, config.bf16)
 
     p = header or {}
@@ -683,7 +687,7 @@ def _run(config: TrainConfig, d: _Dist, out: Path, header: dict | None,
                                                      for k, v in val_metrics["iou"].items()))
                         history.append(record)
                         if d.main:
-                            write_metrics(out, history)
+                            write_metrics(out, history, plot=do_val and step < total)
                     if config.checkpoint_every and step % config.checkpoint_every == 0:
                         checkpoint()
                     if _any_rank(stop.flag, d):

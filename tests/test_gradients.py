@@ -57,11 +57,8 @@ def test_relu_rule_restores_after_an_exception():
     with pytest.raises(RuntimeError), relu_rule(net, "guided"):
         raise RuntimeError("boom")
     assert all("forward" not in m.__dict__ for m in net)
-    x = torch.tensor([[-1.0, 2.0]], requires_grad=True)
-    torch.relu(x).sum().backward()
-    with pytest.raises(SegscopeError, match="unknown ReLU rule"):
-        with relu_rule(net, "nope"):
-            pass
+    with pytest.raises(SegscopeError, match="unknown ReLU rule"), relu_rule(net, "nope"):
+        pass
 
 
 # -- small networks with closed-form gradients ------------------------------------------
@@ -259,3 +256,15 @@ def test_bad_input_is_one_line(tiny_segnet):
     with pytest.raises(SegscopeError) as info:
         attribute("smoothgrad", tiny_segnet, image, concept)
     assert all(m in str(info.value) for m in METHODS)
+
+
+@pytest.mark.parametrize("assign", ["score", "one", "prob"])
+def test_target_is_the_masked_sum_of_scores_or_probabilities(tiny_segnet, assign):
+    image = torch.rand(3, 20, 30, generator=torch.Generator().manual_seed(8))
+    mask = torch.zeros(20, 30, dtype=torch.bool)
+    mask[5:15, 3:9] = True
+    att = sensitivity(tiny_segnet, image, Concept.mask("markings", mask, assign=assign))
+    with torch.no_grad():
+        scores = tiny_segnet(image[None])[0]
+    values = torch.softmax(scores, dim=0) if assign == "prob" else scores
+    assert att.extras["target"] == pytest.approx(float(values[2][mask].sum()), rel=1e-5)

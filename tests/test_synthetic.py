@@ -57,7 +57,7 @@ def test_output_types_and_ranges(preset):
     image, label = render_scene(1, 2, SIZE, preset)
     assert image.shape == SIZE + (3,) and image.dtype == np.float32
     assert label.shape == SIZE and label.dtype == np.uint8
-    assert 0.0 <= image.min() and image.max() <= 1.0
+    assert image.min() >= 0.0 and image.max() <= 1.0
     assert set(np.unique(label)) <= {0, 1, 2}
 
 
@@ -102,14 +102,16 @@ def test_dashes_shrink_with_distance():
     z = f * 1.5 / (rows + 0.5 - v_h)
     cols = np.round(W / 2 + f * (3.6 - 1.8) / z - 0.5).astype(int)
     ok = cols < W - 2
-    on = np.array([(label[r, max(c - 2, 0): c + 3] == 2).any() for r, c in zip(rows, cols)])
+    on = np.array([(label[r, max(c - 2, 0): c + 3] == 2).any()
+                   for r, c in zip(rows, cols, strict=True)])
     rows, on = rows[ok], on[ok]
     flips = np.nonzero(np.diff(on.astype(int)))[0] + 1
     runs = [r for r in np.split(np.arange(len(on)), flips) if on[r[0]]]
     runs = [r for r in runs if r[0] > 0 and r[-1] < len(on) - 1]  # whole dashes only
     assert len(runs) >= 3
     lengths = [len(r) for r in runs]  # ordered far (top) to near (bottom)
-    assert all(b >= a - 1 for a, b in zip(lengths, lengths[1:])), lengths  # row rounding
+    # non-decreasing up to one row of rounding
+    assert all(b >= a - 1 for a, b in zip(lengths, lengths[1:], strict=False)), lengths
     assert lengths[-1] > 3 * lengths[0], lengths
     # a dash covers z in [12k, 12k + 4.5] m: its nearest row sees z = 12k
     z_near = f * 1.5 / (rows[[r[-1] for r in runs]] + 0.5 - v_h)
@@ -168,9 +170,9 @@ def test_randomized_varies_the_look_narrow_keeps_it():
     def stats(preset):
         sky, road = [], []
         for i in range(12):
-            image, label = render_scene(0, i, SIZE, preset, vehicles=0)
+            image, label = render_scene(0, i, SIZE, preset, vehicles=0, trees=0)
             road.append(image[label == 1].mean(0))
-            sky.append(image[:4].reshape(-1, 3).mean(0))
+            sky.append(np.median(image[:4].reshape(-1, 3), axis=0))
         return np.array(sky), np.array(road)
 
     n_sky, n_road = stats("narrow")
@@ -199,7 +201,7 @@ def test_dataset_items_and_pickling():
     image, label = data[1]
     assert image.shape == (3,) + SIZE and image.dtype == torch.float32
     assert label.shape == SIZE and label.dtype == torch.int64
-    assert 0 <= image.min() and image.max() <= 1
+    assert image.min() >= 0 and image.max() <= 1
     ref_img, ref_lab = render_scene(2, 1, SIZE, "randomized", vehicles=1)
     assert torch.equal(image, torch.from_numpy(ref_img).permute(2, 0, 1))
     assert torch.equal(label, torch.from_numpy(ref_lab).long())

@@ -39,9 +39,10 @@ _FIXED = ("data", "val_data", "size", "limit", "val_limit", "width", "iters", "e
               show_default=True, help="Learning-rate schedule over the run.")
 @click.option("--warmup", type=int, default=0, show_default=True,
               help="Linear learning-rate warm-up over the first N iterations.")
-@click.option("--class-weights", type=click.Choice(["median", "none"]), default="median",
-              show_default=True,
-              help="Cross-entropy class weights: median-frequency balancing or none.")
+@click.option("--class-weights", type=click.Choice(["median", "sqrt", "none"]),
+              default="median", show_default=True,
+              help="Cross-entropy class weights: median-frequency balancing, its square "
+              "root (milder), or none.")
 @click.option("--weight-sample", type=int, default=64, show_default=True,
               help="Training images the median-frequency weights are estimated from.")
 @click.option("--val-every", type=int, default=0, show_default=True,

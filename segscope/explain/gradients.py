@@ -316,10 +316,6 @@ def _cropped(g: LayerGradients, name: str = "data") -> torch.Tensor:
     return g.gradients[name][:, :h, :w]
 
 
-def _describe(concept: Concept, class_names: Sequence[str]) -> str:
-    return concept.describe(class_names)
-
-
 def sensitivity(model: nn.Module, image: torch.Tensor, concept: Concept) -> Attribution:
     """Sensitivity analysis (eq 5.2): R_i = (∂f/∂x_i)², f the concept's target.
 
@@ -329,7 +325,7 @@ def sensitivity(model: nn.Module, image: torch.Tensor, concept: Concept) -> Attr
     g = _input_gradient(model, image, concept)
     r = _cropped(g) ** 2
     return Attribution(
-        "sensitivity", r.sum(0), r, _describe(concept, g.class_names),
+        "sensitivity", r.sum(0), r, concept.describe(g.class_names),
         {"target": g.target, "gradient": _cropped(g)},
     )
 
@@ -360,13 +356,14 @@ def gradient_x_input(
         try:
             root_t = torch.full_like(image, float(root))
         except (TypeError, ValueError):
-            raise SegscopeError(f"a root point is a number or a (3,H,W) tensor, got {root!r}")\
-                from None
+            raise SegscopeError(
+                f"a root point is a number or a (3,H,W) tensor, got {root!r}"
+            ) from None
     g = _input_gradient(model, image, concept)
     grad = _cropped(g)
     r = (image.to(grad) - root_t.to(grad)) * grad
     return Attribution(
-        "gradxinput", r.sum(0), r, _describe(concept, g.class_names),
+        "gradxinput", r.sum(0), r, concept.describe(g.class_names),
         {"target": g.target, "gradient": grad, "root": root_t},
     )
 
@@ -391,7 +388,7 @@ def _rule_attribution(
 ) -> Attribution:
     g = _input_gradient(model, image, concept, rule)
     r = _cropped(g)
-    return Attribution(method, r.sum(0), r, _describe(concept, g.class_names),
+    return Attribution(method, r.sum(0), r, concept.describe(g.class_names),
                        {"target": g.target, "rule": rule})
 
 

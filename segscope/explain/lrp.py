@@ -186,6 +186,7 @@ class ForwardState:
     terms: dict[int, list[_Back]] = field(default_factory=dict)
     indices: dict[int, torch.Tensor] = field(default_factory=dict)  # pool -> (1,C,h*w)
     add_parts: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    nonneg: list[bool] = field(default_factory=list)  # node output known to be >= 0
     model_ref: Any = None
     rule_spec: Any = "alpha1beta0"
 
@@ -249,6 +250,7 @@ def forward_state(
         for i, node in enumerate(nodes):
             ins = [outs[j] for j in node.inputs]
             outs[i] = _forward_node(state, i, node, ins, outs, x0)
+            state.nonneg.append(_nonneg(state, node, x0))
             state.shapes.append(outs[i].shape)
             for j in node.inputs:
                 remaining[j] -= 1
@@ -256,6 +258,17 @@ def forward_state(
                     outs[j] = None  # the terms keep what the sweep needs
     state.scores = outs[graph.output][0]
     return state
+
+
+def _nonneg(state: ForwardState, node: Node, x0: torch.Tensor) -> bool:
+    """Whether a node's output is >= 0 by construction (so the rules skip the x⁺/x⁻ split)."""
+    if node.kind == "input":
+        return bool((x0 >= 0).all())
+    if node.kind == "relu":
+        return True
+    if node.kind in ("conv", "linear"):
+        return False
+    return all(state.nonneg[j] for j in node.inputs)
 
 
 def _forward_node(state: ForwardState, i: int, node: Node, ins: list, outs: list,
@@ -276,7 +289,7 @@ def _forward_node(state: ForwardState, i: int, node: Node, ins: list, outs: list
             op = LinearMapOp(node)
             z = F.linear(x, op.weight, op.bias)
         state.ops[i] = op
-        terms: list[Term] = state.rules[i].terms(x, op)
+        terms: list[Term] = state.rules[i].terms(x, op, state.nonneg[node.inputs[0]])
         state.terms[i] = [_Back(t.a, t.s, op.back_weight(t.w)) for t in terms]
         return z
     if kind == "relu":

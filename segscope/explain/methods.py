@@ -31,6 +31,7 @@ def attribute(
     channel: int | None = None,
     steps: int | None = None,
     seed: int = 0,
+    quiet: bool = False,
 ) -> Attribution:
     """Explain ``concept`` on ``image`` (3,H,W) with ``method``.
 
@@ -52,12 +53,13 @@ def attribute(
         ``actmax``: number of ascent steps (default 100).
     seed
         ``actmax``: seed of the starting noise image.
+    quiet
+        ``actmax``: no progress bar (there is none anyway when stderr is not a terminal).
     """
     if method not in METHODS:
         raise SegscopeError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    if method != "actmax" or channel is None:
-        if not isinstance(concept, Concept):
-            raise SegscopeError(f"method {method!r} needs a concept (a pixel, mask, ...)")
+    if (method != "actmax" or channel is None) and not isinstance(concept, Concept):
+        raise SegscopeError(f"method {method!r} needs a concept (a pixel, mask, ...)")
     if method in ("gradcam", "gradcam-rf"):
         from .gradcam import DEFAULT_LAYER, gradcam_maps
 
@@ -92,5 +94,5 @@ def attribute(
     return gradients.activation_maximization(
         model, target, size=tuple(image.shape[-2:]),
         steps=ACTMAX_STEPS if steps is None else int(steps), seed=seed,
-        progress=True,
+        progress=not quiet,
     )

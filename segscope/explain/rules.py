@@ -52,8 +52,12 @@ class Term:
 
 
 def recip(z: torch.Tensor) -> torch.Tensor:
-    """1/z with the 0/0 = 0 guard of SPEC §3: 0 where z is 0."""
-    return torch.where(z != 0, 1.0 / z, torch.zeros((), dtype=z.dtype, device=z.device))
+    """1/z with the 0/0 = 0 guard of SPEC §3: 0 where z is 0.
+
+    (Also 0 where 1/z overflows, i.e. |z| below ~1e-38 in float32: such a denominator
+    is a zero that rounding left over.)
+    """
+    return torch.nan_to_num_(torch.reciprocal(z), nan=0.0, posinf=0.0, neginf=0.0)
 
 
 def _pos(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -71,7 +75,12 @@ def _num(v: float) -> str:
 class Rule:
     """Base class: ``terms(x, op)`` gives the backward step of one layer."""
 
-    def terms(self, x: torch.Tensor, op: LinearOp) -> list[Term]:  # pragma: no cover
+    def terms(self, x: torch.Tensor, op: LinearOp,
+              nonneg: bool | None = None) -> list[Term]:  # pragma: no cover
+        """The backward terms of one layer with input ``x`` (batch 1).
+
+        ``nonneg`` says whether ``x`` is known to be >= 0 (post-ReLU); ``None``: check.
+        """
         raise NotImplementedError
 
     @property
@@ -106,10 +115,13 @@ class AlphaBeta(Rule):
     def name(self) -> str:
         return f"alpha{_num(self.alpha)}beta{_num(self.beta)}" + ("" if self.bias else ":nobias")
 
-    def terms(self, x: torch.Tensor, op: LinearOp) -> list[Term]:
+    def terms(self, x: torch.Tensor, op: LinearOp,
+              nonneg: bool | None = None) -> list[Term]:
         w, b = op.weight, op.bias if self.bias else None
         wp, wn = w.clamp(min=0), w.clamp(max=0)
-        if bool((x >= 0).all()):
+        if nonneg is None:
+            nonneg = bool((x >= 0).all())
+        if nonneg:
             # Post-ReLU inputs: z_ij⁺ = x_i w_ij⁺, so one transposed conv per sign.
             out = [Term(x, self.alpha * recip(op.fwd(x, wp, _pos(b))), wp)]
             if self.beta:
@@ -132,8 +144,9 @@ class ZPlus(Rule):
     def name(self) -> str:
         return "zplus"
 
-    def terms(self, x: torch.Tensor, op: LinearOp) -> list[Term]:
-        return AlphaBeta(1.0, 0.0, bias=False).terms(x, op)
+    def terms(self, x: torch.Tensor, op: LinearOp,
+              nonneg: bool | None = None) -> list[Term]:
+        return AlphaBeta(1.0, 0.0, bias=False).terms(x, op, nonneg)
 
 
 @dataclass(frozen=True)
@@ -154,7 +167,8 @@ class Epsilon(Rule):
     def name(self) -> str:
         return f"epsilon:{_num(self.eps)}" + ("" if self.bias else ":nobias")
 
-    def terms(self, x: torch.Tensor, op: LinearOp) -> list[Term]:
+    def terms(self, x: torch.Tensor, op: LinearOp,
+              nonneg: bool | None = None) -> list[Term]:
         z = op.fwd(x, op.weight, op.bias if self.bias else None)
         sign = torch.where(z >= 0, 1.0, -1.0).to(z.dtype)
         return [Term(x, recip(z + self.eps * sign), op.weight)]
@@ -178,7 +192,8 @@ class Gamma(Rule):
     def name(self) -> str:
         return f"gamma:{_num(self.gamma)}" + ("" if self.bias else ":nobias")
 
-    def terms(self, x: torch.Tensor, op: LinearOp) -> list[Term]:
+    def terms(self, x: torch.Tensor, op: LinearOp,
+              nonneg: bool | None = None) -> list[Term]:
         w = op.weight + self.gamma * op.weight.clamp(min=0)
         b = None
         if self.bias and op.bias is not None:
@@ -194,7 +209,8 @@ class Flat(Rule):
     def name(self) -> str:
         return "flat"
 
-    def terms(self, x: torch.Tensor, op: LinearOp) -> list[Term]:
+    def terms(self, x: torch.Tensor, op: LinearOp,
+              nonneg: bool | None = None) -> list[Term]:
         ones = torch.ones_like(op.weight)
         return [Term(None, recip(op.fwd(torch.ones_like(x), ones)), ones)]
 
@@ -207,7 +223,8 @@ class WSquare(Rule):
     def name(self) -> str:
         return "wsquare"
 
-    def terms(self, x: torch.Tensor, op: LinearOp) -> list[Term]:
+    def terms(self, x: torch.Tensor, op: LinearOp,
+              nonneg: bool | None = None) -> list[Term]:
         w2 = op.weight * op.weight
         return [Term(None, recip(op.fwd(torch.ones_like(x), w2)), w2)]
 
@@ -229,7 +246,8 @@ class ZBox(Rule):
             return "zbox"
         return f"zbox:{self.low}:{self.high}"
 
-    def terms(self, x: torch.Tensor, op: LinearOp) -> list[Term]:
+    def terms(self, x: torch.Tensor, op: LinearOp,
+              nonneg: bool | None = None) -> list[Term]:
         w = op.weight
         wp, wn = w.clamp(min=0), w.clamp(max=0)
         lo, hi = _bound(self.low, x), _bound(self.high, x)

@@ -63,6 +63,14 @@ def _image_rgb(image) -> np.ndarray:
     return np.clip(img, 0, 1)
 
 
+def _grid_adjust(fig: Figure, suptitle: bool, hspace: float = 0.55,
+                 wspace: float = 0.08) -> None:
+    """Fixed margins for a grid of panels (``tight_layout`` costs a full draw per call)."""
+    top = 1 - (0.7 if suptitle else 0.35) / fig.get_figheight()
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.02, top=top, hspace=hspace,
+                        wspace=wspace)
+
+
 def _off_axes(ax) -> None:
     ax.set_xticks([])
     ax.set_yticks([])
@@ -97,7 +105,8 @@ def images_figure(rows: Sequence[dict], colours: Sequence[Sequence[int]]) -> Fig
     palette = np.zeros((256, 3), dtype=np.uint8)
     for i, c in enumerate(colours):
         palette[i] = c
-    fig = new_figure(9, 2.4 * len(rows) + 0.3)
+    h, w = np.asarray(rows[0]["label"]).shape[-2:]
+    fig = new_figure(9, len(rows) * (2.9 * h / w + 0.35) + 0.1)
     for i, row in enumerate(rows):
         for j, (what, arr) in enumerate(
             (("image", None), ("label", row["label"]), ("prediction", row["prediction"]))
@@ -110,7 +119,7 @@ def images_figure(rows: Sequence[dict], colours: Sequence[Sequence[int]]) -> Fig
                 ax.imshow(palette[np.asarray(arr, dtype=np.int64).clip(0, 255)])
                 ax.set_title(what, fontsize=8)
             _off_axes(ax)
-    fig.tight_layout()
+    _grid_adjust(fig, suptitle=False, hspace=0.25, wspace=0.05)
     return fig
 
 
@@ -139,7 +148,7 @@ def layerwise_figure(
         _off_axes(ax)
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    _grid_adjust(fig, suptitle=bool(title))
     return fig
 
 
@@ -165,7 +174,7 @@ def feature_maps_figure(
         ax.set_title(f"{tag}: feature {k}\nfv={fv[k]:.2f}", fontsize=7)
         _off_axes(ax)
     fig.suptitle(f"{layer}: feature maps on one scale ±{_fmt(limit)} (eq 9.2)", fontsize=9)
-    fig.tight_layout()
+    _grid_adjust(fig, suptitle=True)
     return fig
 
 
@@ -186,19 +195,33 @@ def feature_values_figure(fv, layer: str) -> Figure:
     return fig
 
 
-def all_feature_values_figure(profiles: Mapping[str, np.ndarray], max_cols: int = 6) -> Figure:
-    """The feature values of every layer, one small stem plot each (fig 9.6 for all 37)."""
+def all_feature_values_figure(profiles: Mapping[str, np.ndarray]) -> Figure:
+    """The feature values of every layer along the network (fig 9.6 for all layers).
+
+    One panel: each layer gets an equal slot on the x axis, its features spread evenly
+    in it, drawn as stems; the slots are separated and named. High, isolated peaks mean
+    that a few features carry the decision in that layer.
+    """
     names = list(profiles)
-    rows, cols = _grid(len(names), max_cols)
-    fig = new_figure(2.3 * cols, 1.45 * rows + 0.4)
+    xs, ys = [], []
     for i, name in enumerate(names):
         fv = as_numpy(profiles[name])
-        ax = fig.add_subplot(rows, cols, i + 1)
-        ax.vlines(np.arange(fv.size), 0, fv, color="#d62728", lw=0.7)
-        ax.set_title(f"{name} (max {fv.max() if fv.size else 0:.1f})", fontsize=6.5)
-        ax.tick_params(labelsize=5)
-        ax.set_xlim(-0.5, max(fv.size - 0.5, 0.5))
-    fig.tight_layout()
+        xs.append(i + (np.arange(fv.size) + 0.5) / max(fv.size, 1))
+        ys.append(fv)
+    x, y = np.concatenate(xs), np.concatenate(ys)
+    fig = new_figure(12, 3.6)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.vlines(x, 0, y, color="#d62728", lw=0.6)
+    for i in range(1, len(names)):
+        ax.axvline(i, color="#bbbbbb", lw=0.5)
+    ax.axhline(1.0, color="grey", lw=0.5, ls="--")
+    ax.set_xlim(0, len(names))
+    ax.set_xticks(np.arange(len(names)) + 0.5)
+    ax.set_xticklabels(names, rotation=90, fontsize=6)
+    ax.set_ylabel("feature value (eq 9.3)", fontsize=8)
+    ax.set_title("feature values of every layer (input → output; within a layer, features in "
+                 "channel order)", fontsize=9)
+    fig.subplots_adjust(left=0.06, right=0.99, top=0.9, bottom=0.28)
     return fig
 
 
@@ -231,7 +254,7 @@ def switch_off_figure(curve: SwitchOff, pixels, shares: Sequence[float]) -> Figu
         ax.set_title(f"{100 * s:g} % of the relevance\nin {100 * curve.pixels_holding(s):.1f} %"
                      " of the pixels", fontsize=7)
         _off_axes(ax)
-    fig.tight_layout()
+    _grid_adjust(fig, suptitle=False, hspace=0.35)
     return fig
 
 
@@ -258,7 +281,7 @@ def separation_figure(
         _off_axes(ax)
     fig.suptitle(f"{layer}: each feature's relevance at the pixels, lit down to a common "
                  f"threshold holding {100 * share:g} % of the block's relevance", fontsize=8)
-    fig.tight_layout()
+    _grid_adjust(fig, suptitle=True)
     return fig
 
 
@@ -280,7 +303,15 @@ def class_scatter_figure(points, unit, names: Sequence[str], layer: str) -> Figu
         ax.set_zlabel(names[2], fontsize=7)
         ax.tick_params(labelsize=5)
         ax.set_title(f"{layer}: {what}", fontsize=8)
-    fig.tight_layout()
+        top = 1.0 if i == 1 else max(1e-9, float(np.abs(data).max()))
+        for setter in (ax.set_xlim, ax.set_ylim, ax.set_zlim):
+            setter(0, top * 1.05)
+        if i == 0:
+            for j, name in enumerate(names):
+                ax.scatter([], [], [], color=CLASS_COLOURS[(j + 1) % len(CLASS_COLOURS)],
+                           label=f"largest for {name}")
+            ax.legend(fontsize=6, loc="upper left")
+    fig.subplots_adjust(left=0.02, right=0.95, bottom=0.05, top=0.92, wspace=0.15)
     return fig
 
 
@@ -302,7 +333,7 @@ def profiles_figure(
         ax.tick_params(labelsize=5)
         if i == 0:
             ax.legend(fontsize=5)
-    fig.tight_layout()
+    _grid_adjust(fig, suptitle=False, hspace=0.4, wspace=0.2)
     return fig
 
 

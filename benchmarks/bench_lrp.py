@@ -1,0 +1,193 @@
+"""Benchmark of segscope's LRP on SegNet (CPU): forward, one explanation, zennit, feature
+separation of conv2_1, and the peak memory of keep="all".
+
+Run: ``python benchmarks/bench_lrp.py`` (full width, 360x480, as in the README table);
+``--width 0.25`` for a quicker run. All numbers of one table come from one run; times are
+medians over ``--repeats`` runs.
+
+Targets: one α1β0 explanation ≤ 3.5× a forward pass; ≥ 5× faster than zennit's same
+explanation; all 128 conv2_1 channels to the pixels ≤ 4× one explanation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+import types
+
+import torch
+
+import segscope
+from segscope.explain import Concept, lrp, separate_features
+
+
+def make_model(width: float, seed: int = 0) -> segscope.SegNet:
+    torch.manual_seed(seed)
+    model = segscope.SegNet(3, width=width)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.1, 0.1)
+            elif isinstance(m, torch.nn.Conv2d):
+                m.bias.uniform_(-0.05, 0.05)
+    return model.eval()
+
+
+def load_zennit():
+    """zennit's modules, or None (without torchvision: loaded past its package __init__,
+    which imports zennit.torchvision; nothing is stubbed). Same as the comparison test."""
+    try:
+        import zennit.attribution
+        import zennit.canonizers
+        import zennit.composites
+        import zennit.rules
+
+        return zennit
+    except ImportError as exc:
+        if "torchvision" not in str(exc):
+            return None
+    spec = importlib.util.find_spec("zennit")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for k in [k for k in sys.modules if k == "zennit" or k.startswith("zennit.")]:
+        del sys.modules[k]
+    pkg = types.ModuleType("zennit")
+    pkg.__path__ = list(spec.submodule_search_locations)
+    sys.modules["zennit"] = pkg
+    try:
+        for sub in ("core", "types", "rules", "layer", "canonizers", "composites",
+                    "attribution"):
+            setattr(pkg, sub, importlib.import_module(f"zennit.{sub}"))
+    except ImportError:
+        return None
+    return pkg
+
+
+def zennit_explain(z, model, image, initial):
+    composite = z.composites.LayerMapComposite(
+        layer_map=[(z.types.Convolution, z.rules.AlphaBeta(alpha=1.0, beta=0.0))],
+        canonizers=[z.canonizers.SequentialMergeBatchNorm()],
+    )
+    x = image[None].clone().requires_grad_(True)
+    with z.attribution.Gradient(model=model, composite=composite) as attributor:
+        _, relevance = attributor(x, initial[None])
+    return relevance[0].detach()
+
+
+def timed(fn, repeats: int) -> tuple[float, object]:
+    times, out = [], None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), out
+
+
+def peak_rss_child(args, variant: str) -> float:
+    """Peak resident memory (GiB) of a fresh process running one keep='all' variant."""
+    cmd = [sys.executable, __file__, "--child", variant, "--width", str(args.width),
+           "--size", args.size]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])["peak_gib"]
+
+
+def child(args) -> None:
+    h, w = _size(args.size)
+    model = make_model(args.width)
+    image = torch.rand(3, h, w, generator=torch.Generator().manual_seed(0))
+    concept = Concept.pixel("road", h // 2, w // 2)
+    keep, dtype = {"none": (None, torch.float32), "float32": ("all", torch.float32),
+                   "float16": ("all", torch.float16)}[args.child]
+    e = lrp(model, image, concept, keep=keep, dtype_keep=dtype)
+    kept = sum(t.numel() * t.element_size() for t in e.layers.values()) / 1024**3
+    with open("/proc/self/status") as f:
+        hwm = next(int(line.split()[1]) for line in f if line.startswith("VmHWM"))
+    print(json.dumps({"peak_gib": hwm / 1024**2, "kept_gib": kept}))
+
+
+def _size(text: str) -> tuple[int, int]:
+    h, w = (int(v) for v in text.lower().split("x"))
+    return h, w
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--width", type=float, default=1.0, help="SegNet width multiplier.")
+    p.add_argument("--size", default="360x480", help="Image size HxW.")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all).")
+    p.add_argument("--no-zennit", action="store_true")
+    p.add_argument("--no-memory", action="store_true")
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.child:
+        child(args)
+        return
+    h, w = _size(args.size)
+    model = make_model(args.width)
+    image = torch.rand(3, h, w, generator=torch.Generator().manual_seed(0))
+    concept = Concept.pixel("road", h // 2, w // 2)
+    print(f"SegNet width {args.width}, {h}x{w}, CPU, {torch.get_num_threads()} threads, "
+          f"torch {torch.__version__}, median of {args.repeats}")
+    rows = []
+    with torch.no_grad():
+        model(image[None])  # warm-up
+        t_fwd, _ = timed(lambda: model(image[None]), args.repeats)
+    rows.append(("forward (plain model)", t_fwd, "1.00x forward"))
+    lrp(model, image, concept)  # warm-up
+    t_lrp, e = timed(lambda: lrp(model, image, concept), args.repeats)
+    rows.append(("LRP alpha1beta0, one concept", t_lrp,
+                 f"{t_lrp / t_fwd:.2f}x forward (target <= 3.5x)"))
+    z = None if args.no_zennit else load_zennit()
+    if z is not None:
+        zennit_explain(z, model, image, e.initial)  # warm-up
+        t_z, rz = timed(lambda: zennit_explain(z, model, image, e.initial), args.repeats)
+        diff = float((rz - e.input).norm() / rz.norm())
+        rows.append(("zennit AlphaBeta(1,0), same concept", t_z,
+                     f"segscope {t_z / t_lrp:.2f}x faster (target >= 5x); "
+                     f"rel. L2 diff {diff:.1e}"))
+    else:
+        rows.append(("zennit", float("nan"), "not importable"))
+    n = e.state.layer_shape("conv2_1")[0]
+    t_sep, fs = timed(lambda: separate_features(model, image, e, "conv2_1"),
+                      max(1, args.repeats // 2))
+    rows.append((f"separate_features conv2_1 ({n} channels)", t_sep,
+                 f"{t_sep / t_lrp:.2f}x one explanation (target <= 4x)"))
+    scale = float(e.pixels.abs().max())
+    err = float((fs.pixels.sum(0) - _pixels_from(model, image, e)).abs().max()) / scale
+    print(f"(check: Σ_k feature maps vs whole-layer map, max error {err:.1e} of max|R|)")
+    width = max(len(r[0]) for r in rows)
+    print(f"{'what':<{width}}  {'median s':>9}  ratio")
+    for name, t, note in rows:
+        print(f"{name:<{width}}  {t:9.3f}  {note}")
+    if not args.no_memory:
+        base = peak_rss_child(args, "none")
+        f32 = peak_rss_child(args, "float32")
+        f16 = peak_rss_child(args, "float16")
+        print(f"peak RSS (VmHWM): keep=None {base:.2f} GiB, keep='all' float32 {f32:.2f} GiB, "
+              f"keep='all' float16 {f16:.2f} GiB")
+
+
+def _pixels_from(model, image, e):
+    from segscope.explain.lrp import _layer_relevance, propagate
+
+    node = e.state.graph.layer_node("conv2_1")
+    rel = _layer_relevance(e.state, e.initial, node)
+    return propagate(model, image, "conv2_1", rel, state=e.state).pixels[0]
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()

@@ -1,0 +1,262 @@
+"""``segscope explain``: explain one prediction with LRP, Grad-CAM or a gradient method."""
+
+from __future__ import annotations
+
+import click
+
+from ._options import device_option
+
+LRP = "lrp"
+#: Names of the gradient family (segscope.explain.methods.METHODS), listed for --help.
+OTHER_METHODS = ("gradcam", "gradcam-rf", "sensitivity", "gradxinput", "deconvnet", "guided",
+                 "actmax")
+
+
+@click.command("explain")
+@click.option("--checkpoint", "-c", required=True, type=click.Path(),
+              help="Model file written by segscope train.")
+@click.option("--image", "-i", "image_path", required=True, type=click.Path(),
+              help="The picture to explain.")
+@click.option("--method", "-m", default=LRP, show_default=True,
+              help=f"{LRP} or one of {', '.join(OTHER_METHODS)}.")
+@click.option("--class", "cls", default=None, help="Class name or index to explain.")
+@click.option("--pixel", default=None, metavar="Y,X", help="Explain one output pixel.")
+@click.option("--mask", "mask_path", default=None, type=click.Path(),
+              help="Explain the pixels where this PNG is non-zero.")
+@click.option("--from-prediction", "kind", type=click.Choice(["tp", "fp", "fn"]), default=None,
+              help="Explain the true/false positives/negatives of --class against --label.")
+@click.option("--label", "label_path", default=None, type=click.Path(),
+              help="Ground-truth label PNG (class ids) for --from-prediction.")
+@click.option("--assign", type=click.Choice(["score", "prob", "one"]), default=None,
+              help="Initial relevance on the chosen neurons [default: one for --pixel, "
+                   "score otherwise].")
+@click.option("--rule", default="alpha1beta0", show_default=True,
+              help="LRP rule, or per layer: 'conv1_1=zbox,default=alpha1beta0'.")
+@click.option("--keep", default="none", show_default=True,
+              help="LRP layers to save: all, none, or names separated by commas.")
+@click.option("--layer", default=None, help="Grad-CAM layer / actmax layer (method default).")
+@click.option("--channel", type=int, default=None, help="actmax: channel of --layer.")
+@click.option("--steps", type=int, default=None, help="actmax: ascent steps.")
+@click.option("--root", type=float, default=None, help="gradxinput: root point (default 0).")
+@click.option("--out", required=True, type=click.Path(), help="Output folder.")
+@device_option
+@click.option("--quiet", "-q", is_flag=True, help="No progress output.")
+def explain(checkpoint, image_path, method, cls, pixel, mask_path, kind, label_path, assign,
+            rule, keep, layer, channel, steps, root, out, device, quiet) -> None:
+    """Explain why the model predicts what it does on one image.
+
+    \b
+    LRP writes into --out:
+      relevance.npz   pixels (H,W), input (3,H,W), layer/<name> (C,h,w) for --keep,
+                      absorbed_names/absorbed_values, output_total, concept, rule
+      heatmap.png     pixel relevance, blue (negative) - white - red (positive), eq 8.2
+      overlay.png     the heatmap blended over the image
+    Other methods write <method>.npz and <method>.png (the map over the image).
+
+    \b
+    Example:
+      segscope explain -c model.safetensors -i scene.png --class road --pixel 200,240 \\
+          --keep all --out explain/
+    """
+    from pathlib import Path
+
+    from ..checkpoint import load_model
+    from ..errors import SegscopeError
+    from ._options import resolve_device
+
+    method = method.lower()
+    if method != LRP and method not in OTHER_METHODS:
+        raise SegscopeError(
+            f"unknown method {method!r}; choose one of {LRP}, {', '.join(OTHER_METHODS)}"
+        )
+    image = _read_image(image_path)
+    concept = _concept(cls, pixel, mask_path, kind, label_path, assign,
+                       optional=method == "actmax" and channel is not None)
+    dev = resolve_device(device)
+    model, _ = load_model(checkpoint, map_location=dev)
+    out_dir = Path(out)
+    if method == LRP:
+        _run_lrp(model, image, concept, rule, keep, out_dir, quiet)
+    else:
+        _run_method(method, model, image, concept, layer, channel, steps, root, out_dir, quiet)
+
+
+# -- inputs ------------------------------------------------------------------------------
+def _read_image(path):
+    import torch
+
+    from ..data.io import read_image
+
+    arr = read_image(path)
+    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+
+
+def _concept(cls, pixel, mask_path, kind, label_path, assign, optional=False):
+    import numpy as np
+
+    from ..errors import SegscopeError
+    from ..explain import Concept
+
+    chosen = [name for name, v in (("--pixel", pixel), ("--mask", mask_path),
+                                   ("--from-prediction", kind)) if v is not None]
+    if not chosen and optional:
+        return None
+    if len(chosen) != 1:
+        raise SegscopeError(
+            "choose exactly one of --pixel Y,X, --mask M.png, --from-prediction tp|fp|fn"
+            + (f" (got {', '.join(chosen)})" if chosen else "")
+        )
+    if cls is None:
+        raise SegscopeError("--class is required (a class name or index)")
+    if kind is None and label_path is not None:
+        raise SegscopeError("--label is only used with --from-prediction")
+    cls_key = int(cls) if cls.isdigit() else cls
+    if pixel is not None:
+        try:
+            y, x = (int(v) for v in pixel.split(","))
+        except ValueError:
+            raise SegscopeError(f"--pixel must be Y,X (two integers), got {pixel!r}") from None
+        return Concept.pixel(cls_key, y, x, assign=assign or "one")
+    if mask_path is not None:
+        from ..data.io import read_label
+
+        return Concept.mask(cls_key, np.array(read_label(mask_path)), assign=assign or "score")
+    if label_path is None:
+        raise SegscopeError("--from-prediction needs --label (the ground-truth label PNG)")
+    from ..data.io import read_label
+
+    return Concept.from_prediction(cls_key, kind, read_label(label_path).astype("int64"),
+                                   assign=assign or "score")
+
+
+def _parse_rule(text: str):
+    from ..errors import SegscopeError
+
+    if "=" not in text:
+        return text
+    pairs = []
+    for part in text.split(","):
+        if "=" not in part:
+            raise SegscopeError(f"--rule: expected layer=rule pairs separated by commas, "
+                                f"got {part!r}")
+        key, value = part.split("=", 1)
+        pairs.append((key.strip(), value.strip()))
+    return pairs
+
+
+def _parse_keep(text: str):
+    text = text.strip()
+    if text in ("", "none"):
+        return None
+    if text == "all":
+        return "all"
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+# -- LRP ---------------------------------------------------------------------------------
+def _run_lrp(model, image, concept, rule, keep, out_dir, quiet) -> None:
+    import numpy as np
+
+    from ..explain.lrp import lrp
+
+    e = lrp(model, image, concept, rule=_parse_rule(rule), keep=_parse_keep(keep))
+    arrays = {
+        "pixels": e.pixels.numpy(),
+        "input": e.input.numpy(),
+        "initial": e.initial.numpy(),
+        "output_total": np.float64(e.output_total),
+        "input_total": np.float64(e.input_total),
+        "dropped": np.float64(e.dropped),
+        "absorbed_names": np.array(list(e.absorbed), dtype=str),
+        "absorbed_values": np.array(list(e.absorbed.values()), dtype=np.float64),
+        "concept": np.array(e.description),
+        "rule": np.array(e.rule),
+    }
+    for name, rel in e.layers.items():
+        arrays[f"layer/{name}"] = rel.float().numpy()
+    _save_npz(out_dir / "relevance.npz", arrays)
+    _save_pictures(image, e.pixels, out_dir / "heatmap.png", out_dir / "overlay.png")
+    if not quiet:
+        share = e.input_total / e.output_total if e.output_total else float("nan")
+        import click
+
+        click.echo(f"{e.description}: output relevance {e.output_total:.4g}, pixels "
+                   f"{e.input_total:.4g} ({share:.1%}), absorbed by biases "
+                   f"{sum(e.absorbed.values()):.4g} -> {out_dir}")
+
+
+# -- gradient family ---------------------------------------------------------------------
+def _run_method(method, model, image, concept, layer, channel, steps, root, out_dir,
+                quiet) -> None:
+    import numpy as np
+    import torch
+
+    from ..errors import SegscopeError
+
+    try:
+        from ..explain import methods
+    except ImportError:
+        raise SegscopeError(
+            f"method {method!r} is not available: segscope.explain.methods is missing"
+        ) from None
+    result = methods.attribute(method, model, image, concept, layer=layer, root=root,
+                               channel=channel, steps=steps, seed=0, quiet=quiet)
+    arrays = {"pixels": _np(result.pixels), "method": np.array(result.method),
+              "concept": np.array(result.concept)}
+    if result.input is not None:
+        arrays["input"] = _np(result.input)
+    for key, value in result.extras.items():
+        if torch.is_tensor(value) or isinstance(value, np.ndarray):
+            arrays[f"extras/{key}"] = _np(value)
+        elif isinstance(value, bool | int | float | str):
+            arrays[f"extras/{key}"] = np.array(value)
+    _save_npz(out_dir / f"{method}.npz", arrays)
+    signed = method not in ("gradcam", "gradcam-rf", "sensitivity")
+    _save_pictures(image, result.pixels, None, out_dir / f"{method}.png", signed=signed)
+    if not quiet:
+        import click
+
+        click.echo(f"{method}: {result.concept} -> {out_dir}")
+
+
+# -- files -------------------------------------------------------------------------------
+def _np(t):
+    import numpy as np
+
+    return t.detach().float().cpu().numpy() if hasattr(t, "detach") else np.asarray(t)
+
+
+def _save_npz(path, arrays) -> None:
+    import numpy as np
+
+    from .._io import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(f, **arrays)
+
+
+def overlay_rgb(image, relevance, limit=None, signed=True):
+    """(H,W,3) uint8: the relevance colours over the picture, opaque where |R| is large."""
+    import numpy as np
+
+    from ..viz.cmap import heatmap_rgb, symmetric_limit
+
+    r = _np(relevance).astype(np.float64)
+    pic = _np(image).transpose(1, 2, 0)
+    limit = symmetric_limit(r) if limit is None else limit
+    if signed:
+        colours = heatmap_rgb(r, limit).astype(np.float64) / 255.0
+    else:  # a non-negative map (Grad-CAM): white to red
+        t = np.clip(r / limit, 0, 1)
+        colours = np.stack([np.ones_like(t), 1 - t, 1 - t], axis=-1)
+    alpha = 0.9 * np.sqrt(np.clip(np.abs(r) / limit, 0, 1))[..., None]
+    return np.round((pic * (1 - alpha) + colours * alpha) * 255).astype(np.uint8)
+
+
+def _save_pictures(image, relevance, heatmap_path, overlay_path, signed=True) -> None:
+    from ..data.io import write_png
+    from ..viz.cmap import heatmap_rgb
+
+    if heatmap_path is not None:
+        write_png(heatmap_path, heatmap_rgb(relevance))
+    write_png(overlay_path, overlay_rgb(image, relevance, signed=signed))

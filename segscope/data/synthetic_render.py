@@ -1,0 +1,713 @@
+"""Rendering one synthetic road scene from its :class:`~.synthetic.SceneParams`.
+
+The camera is a pinhole at height ``cam_height`` looking down by ``pitch`` and rolled by
+``roll``. All geometry is evaluated in the *un-rolled* camera frame (``uu`` centred
+columns, ``vv`` rows), whose coordinates are broadcastable ``(1,W)`` / ``(H,1)`` arrays
+when there is no roll; so, for the common case, everything that depends on the row only
+(the ground distance ``z``, the dashes, the pixel size in metres) is computed once per
+row. The road frame: ``x`` metres from the left edge of the carriageway, ``z`` metres
+ahead. The road's centreline shifts sideways by ``curvature z^2/2 + yaw z`` and rises by
+``slope z^2/2``.
+
+Order: sky and skyline; objects (barriers, poles, trees, vehicles) with a depth buffer;
+then the ground (grass, road, markings) composed only where no object covers it, from
+per-pixel material weights and one small matrix product. Labels come from the same
+intervals of ``x`` and ``z`` that shade the picture.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+
+from .classes import MARKINGS, ROAD
+
+TILE = 512  # noise tiles (power of two: indices wrap with a bit mask)
+FINE = 1024  # pixel-space grain tile
+F32 = np.float32
+
+
+# --------------------------------------------------------------------------- textures
+def _value_noise(rng: np.random.Generator, n: int, cells: int) -> np.ndarray:
+    """Tileable smooth value noise, ``n`` x ``n``, with ``cells`` lattice cells per side."""
+    g = rng.random((cells, cells)).astype(F32)
+    x = np.arange(n, dtype=F32) * cells / n
+    i0 = np.floor(x).astype(np.int64)
+    t = x - i0
+    t = t * t * (3 - 2 * t)
+    i1 = (i0 + 1) % cells
+    rows = g[i0] * (1 - t)[:, None] + g[i1] * t[:, None]
+    return rows[:, i0] * (1 - t) + rows[:, i1] * t
+
+
+@functools.lru_cache(maxsize=1)
+def textures() -> dict[str, np.ndarray]:
+    """Fixed noise tiles shared by all scenes (built once, from a fixed seed)."""
+    rng = np.random.default_rng(20240611)
+
+    def fbm(octaves, gain=0.55):
+        out = np.zeros((TILE, TILE), F32)
+        amp = 1.0
+        for cells in octaves:
+            out += amp * _value_noise(rng, TILE, cells)
+            amp *= gain
+        out -= out.mean()
+        return (out / out.std()).astype(F32)
+
+    n1 = 4096
+    x1 = np.arange(n1, dtype=F32)
+    profile = np.zeros(n1, F32)
+    for cells, amp in ((6, 1.0), (24, 0.4), (96, 0.15), (384, 0.07)):
+        g = rng.random(cells).astype(F32)
+        xs = x1 * cells / n1
+        i0 = np.floor(xs).astype(np.int64)
+        t = xs - i0
+        t = t * t * (3 - 2 * t)
+        profile += amp * (g[i0] * (1 - t) + g[(i0 + 1) % cells] * t)
+    return {
+        "ground": fbm((4, 8, 16, 32, 64, 128)),
+        "clouds": fbm((2, 4, 8, 16, 32, 64), gain=0.6),
+        "fine": (rng.standard_normal((FINE, FINE)) * 0.6
+                 + 0.4 * np.repeat(np.repeat(rng.standard_normal((FINE // 2, FINE // 2)), 2, 0),
+                                   2, 1)).astype(F32),
+        "profile": ((profile - profile.min()) / (profile.max() - profile.min())).astype(F32),
+        "hash": rng.random(4096).astype(F32),
+    }
+
+
+def _grain(tex, r0: int, r1: int, width: int, ox: int, oy: int) -> np.ndarray:
+    """Pixel-space noise for rows r0:r1 (a slice of the grain tile when it fits)."""
+    tile = tex["fine"]
+    ox, oy = ox % FINE, oy % FINE
+    if oy + r1 <= FINE and ox + width <= FINE:
+        return tile[oy + r0:oy + r1, ox:ox + width]
+    rows = (np.arange(r0, r1) + oy) % FINE
+    cols = (np.arange(width) + ox) % FINE
+    return tile[np.ix_(rows, cols)]
+
+
+# --------------------------------------------------------------------------- canvas
+class Canvas:
+    """Image, depth and occlusion buffers plus the camera model."""
+
+    def __init__(self, p, height: int, width: int) -> None:
+        self.p, self.H, self.W = p, height, width
+        self.f = (width / 2) / math.tan(math.radians(p.hfov) / 2)
+        self.cx, self.cy = width / 2, height / 2
+        self.vh = self.cy - self.f * math.tan(p.pitch)
+        self.scale = height / 360.0
+        u = np.arange(width, dtype=F32) + F32(0.5 - self.cx)
+        v = np.arange(height, dtype=F32) + F32(0.5 - self.cy)
+        if p.roll:
+            c, s = math.cos(p.roll), math.sin(p.roll)
+            self.uu = (u[None, :] * F32(c) + v[:, None] * F32(s)).astype(F32)
+            self.vv = (-u[None, :] * F32(s) + v[:, None] * F32(c) + F32(self.cy)).astype(F32)
+        else:
+            self.uu = u[None, :]
+            self.vv = v[:, None] + F32(self.cy)
+        self.image = np.empty((height, width, 3), F32)
+        self.depth = np.full((height, width), np.inf, F32)
+        self.covered = np.zeros((height, width), bool)  # an object was drawn here
+        self.shadow = None  # (H,W) multiplier on the ground, made on first use
+        lw = p.lane_width
+        self.road_w = p.lanes * lw
+        self.xcam = (p.ego_lane + 0.5) * lw + p.ego_offset
+
+    def ground_row(self, z):
+        """Row (un-rolled) where the ground at distance ``z`` appears."""
+        p = self.p
+        return self.vh + self.f * (p.cam_height - 0.5 * p.slope * z * z) / z
+
+    def column(self, x, z):
+        """Centred un-rolled column of road coordinate ``x`` at distance ``z``."""
+        p = self.p
+        return self.f * (x - self.xcam + 0.5 * p.curvature * z * z + p.yaw * z) / z
+
+    def window(self, u0, u1, v0, v1):
+        """Image slices covering the un-rolled box [u0,u1]x[v0,v1] and its coordinates."""
+        if not (np.isfinite(u0) and np.isfinite(u1) and np.isfinite(v0) and np.isfinite(v1)):
+            return None
+        if self.p.roll:
+            c, s = math.cos(self.p.roll), math.sin(self.p.roll)
+            cu = np.array([u0, u1, u0, u1])
+            cv = np.array([v0, v0, v1, v1]) - self.cy
+            iu = cu * c - cv * s + self.cx
+            iv = cu * s + cv * c + self.cy
+            c0, c1, r0, r1 = iu.min(), iu.max(), iv.min(), iv.max()
+        else:
+            c0, c1, r0, r1 = u0 + self.cx, u1 + self.cx, v0, v1
+        r0 = int(max(0, math.floor(r0)))
+        r1 = int(min(self.H, math.ceil(r1) + 1))
+        c0 = int(max(0, math.floor(c0)))
+        c1 = int(min(self.W, math.ceil(c1) + 1))
+        if r0 >= r1 or c0 >= c1:
+            return None
+        rs, cs = slice(r0, r1), slice(c0, c1)
+        if self.p.roll:
+            return rs, cs, self.uu[rs, cs], self.vv[rs, cs]
+        return rs, cs, self.uu[:, cs], self.vv[rs, :]
+
+    def put(self, rs, cs, mask, z, colour) -> None:
+        """Depth-tested paint of ``colour`` ((3,) or (h,w,3)) where ``mask``."""
+        depth = self.depth[rs, cs]
+        mask = mask & (z < depth)
+        if not mask.any():
+            return
+        if np.ndim(z):
+            z = np.broadcast_to(z, mask.shape)
+        np.copyto(depth, z, where=mask)
+        np.copyto(self.image[rs, cs], np.broadcast_to(colour, mask.shape + (3,)),
+                  where=mask[..., None])
+        self.covered[rs, cs] |= mask
+
+    def darken(self, rs, cs, mask, factor: float) -> None:
+        """Shade the ground under ``mask`` (contact shadows)."""
+        if self.shadow is None:
+            self.shadow = np.ones((self.H, self.W), F32)
+        self.shadow[rs, cs][mask] *= F32(factor)
+
+
+# --------------------------------------------------------------------------- scene
+def render(p, height: int, width: int, rng: np.random.Generator):
+    """Picture (H,W,3) float32 in [0,1] and ROAD3 label (H,W) uint8 of scene ``p``."""
+    cv = Canvas(p, height, width)
+    tex = textures()
+    H, W = height, width
+
+    # distance of the ground seen by each un-rolled row; a crest hides what lies beyond
+    zs = np.geomspace(0.5, 800.0, 768)
+    vz = cv.ground_row(zs)
+    rising = np.nonzero(np.diff(vz) >= 0)[0]
+    if rising.size:
+        zs, vz = zs[: rising[0] + 1], vz[: rising[0] + 1]
+    cv.zs, cv.vz = zs, vz
+    cv.zmax, cv.v_end = float(zs[-1]), float(vz[-1])
+    ground = cv.vv > F32(cv.v_end)
+    rows_any = ground.any(axis=1)
+    rows_all = ground.all(axis=1)
+    g0 = int(np.argmax(rows_any)) if rows_any.any() else H
+    s1 = H - int(np.argmax(~rows_all[::-1])) if (~rows_all).any() else 0
+    cv.g0 = g0
+
+    vvb = cv.vv[g0:]
+    uub = cv.uu[g0:] if p.roll else cv.uu
+    gm = ground[g0:]
+    all_ground = bool(rows_all[g0:].all())
+    zb = np.interp(vvb, vz[::-1], zs[::-1]).astype(F32)
+    mpp = zb / F32(cv.f)  # metres per pixel at that distance
+    inv = F32(cv.f) / zb  # pixels per metre
+    x = uub * mpp + (F32(cv.xcam) - F32(0.5 * p.curvature) * zb * zb - F32(p.yaw) * zb)
+    if not all_ground:
+        x = np.where(gm, x, F32(-1e4))  # far outside every interval of the road
+    zfull = np.broadcast_to(zb, (H - g0, W))
+    cv.depth[g0:] = zfull if all_ground else np.where(gm, zfull, F32(np.inf))
+
+    _sky(cv, p, tex, s1)
+    _skyline(cv, p, tex, rng)
+    _barriers(cv, p)
+    _poles(cv, p, rng)
+    _trees(cv, p, tex, rng)
+    _vehicles(cv, p, rng)
+    label = np.zeros((H, W), np.uint8)
+    if g0 < H:
+        label[g0:] = _ground(cv, p, tex, g0, x, zb, mpp, inv, gm, all_ground)
+    _atmosphere(cv, p, tex)
+    return cv.image, label
+
+
+def _ground(cv: Canvas, p, tex, g0, x, zb, mpp, inv, gm, all_ground) -> np.ndarray:
+    """Compose grass, road and markings below the horizon; return the band's labels."""
+    H, W = cv.H, cv.W
+    hb = H - g0
+    ox, oy = p.texture_offset
+    lw = p.lane_width
+    lo, hi = -p.shoulder_left, cv.road_w + p.shoulder_right
+
+    covered = cv.covered[g0:]
+    visible = ~covered if all_ground else gm & ~covered
+
+    # road surface: distance inside the paved interval, and its pixel coverage
+    d_in = np.minimum(x - F32(lo), F32(hi) - x)
+    surface = d_in >= 0
+    cov = d_in * inv
+    cov += F32(0.5)
+    np.clip(cov, 0.0, 1.0, out=cov)
+
+    # lines on the boundaries between lanes (0..lanes); edge lines on the outer two
+    idx = np.rint(x * F32(1.0 / lw))
+    np.clip(idx, 0, p.lanes, out=idx)
+    dist = np.abs(x - idx * F32(lw))
+    line_dist = dist
+    edge = (idx == 0) | (idx == p.lanes)
+    lane_hw = p.line_width / 2
+    if p.lane_style == "double":
+        dist = np.where(edge, dist, np.abs(dist - F32(p.line_width * 1.4)))
+    hw = np.where(edge, F32(p.edge_width / 2), F32(lane_hw))
+    np.maximum(hw, F32(0.5) * mpp, out=hw)  # never thinner than one pixel
+    paint = hw - dist
+    paint *= inv
+    paint += F32(0.5)
+    np.clip(paint, 0.0, 1.0, out=paint)
+    s = zb + F32(p.dash_phase)
+    if p.lane_style == "dashed":
+        period = p.dash_length + p.dash_gap
+        on = np.mod(s, F32(period)) < F32(p.dash_length)
+        paint *= edge | on
+        dash_id = np.floor(s / F32(period)).astype(np.int64)
+    else:
+        dash_id = np.floor(s / F32(6.0)).astype(np.int64)
+    if p.marking_gaps > 0:
+        h = tex["hash"][(dash_id * 7 + idx.astype(np.int64) * 131 + ox) & 4095]
+        paint *= h >= p.marking_gaps
+    # markings only where visible road surrounds them in their row
+    vis = surface & visible
+    enclosed = vis.copy()
+    enclosed[:, 1:] &= vis[:, :-1]
+    enclosed[:, :-1] &= vis[:, 1:]
+    enclosed[:, 0] = False
+    enclosed[:, -1] = False
+    paint *= enclosed
+
+    label = vis.astype(np.uint8)  # ROAD == 1
+    label[paint >= 0.5] = MARKINGS
+    assert ROAD == 1
+
+    # shading: world-space texture (fades with distance) and pixel-space grain
+    tz = (zb * F32(3.0)).astype(np.int32) & (TILE - 1)
+    tx = (x * F32(3.0)).astype(np.int32) & (TILE - 1)
+    t = tex["ground"][tz, tx]
+    fade = np.exp(-zb / F32(70.0)).astype(F32)
+    t *= fade
+    grain = _grain(tex, g0, cv.H, W, ox, oy)
+    gs = F32(1.0) + F32(0.28) * t + F32(0.10) * grain
+    rs = t * F32(0.6)
+    rs += grain * F32(0.7)
+    rs *= F32(p.asphalt_texture)
+    rs += F32(1.0)
+    # wheel paths: darker, polished bands 0.9 m either side of each lane centre
+    wheel = np.abs(line_dist - F32(lw / 2 - 0.9))
+    wheel *= F32(-2.5)
+    wheel += F32(1.0)
+    np.maximum(wheel, F32(0.0), out=wheel)
+    rs -= wheel * F32(0.07 * (1 - p.rain))
+    if p.shoulder_shade != 1.0:
+        shoulder = (x < 0) | (x > cv.road_w)
+        rs *= F32(1.0) + F32(p.shoulder_shade - 1.0) * shoulder
+    ps = F32(1.0) + F32(0.05) * grain
+    if cv.shadow is not None:
+        sb = cv.shadow[g0:]
+        gs *= sb
+        rs *= sb
+        ps *= sb
+    alpha = paint
+    if p.marking_fade > 0:
+        wear = tex["ground"][(tz * 5) & (TILE - 1), (tx * 7 + 99) & (TILE - 1)]
+        alpha = paint * (F32(1.0) - F32(p.marking_fade) * np.clip(F32(0.6) + F32(0.5) * wear,
+                                                                  0, 1))
+    gravel = (d_in < 0) & (d_in > F32(-0.7))
+
+    weights = np.empty((hb, W, 5), F32)
+    one_minus = F32(1.0) - cov
+    np.multiply(one_minus, gs, out=weights[..., 0])
+    np.multiply(weights[..., 0], gravel, out=weights[..., 1])
+    weights[..., 0] -= weights[..., 1]
+    np.multiply(cov, rs, out=weights[..., 2])
+    weights[..., 2] *= F32(1.0) - alpha
+    ap = alpha * ps
+    np.multiply(ap, ~edge, out=weights[..., 3])
+    np.multiply(ap, edge, out=weights[..., 4])
+    colours = np.array([p.grass_rgb, (0.46, 0.43, 0.37), p.asphalt_rgb, p.marking_rgb,
+                        p.edge_rgb], F32)
+    band = weights @ colours
+    if all_ground and not covered.any():
+        cv.image[g0:] = band
+    else:
+        np.copyto(cv.image[g0:], band, where=visible[..., None])
+    return label
+
+
+def _sky(cv: Canvas, p, tex, s1: int) -> None:
+    if s1 <= 0:
+        return
+    vv = cv.vv[:s1]
+    t = np.clip(vv / F32(max(cv.v_end, 1.0)), 0.0, 1.0) ** F32(1.8)
+    top = np.asarray(p.sky_top_rgb, F32)
+    hor = np.asarray(p.sky_horizon_rgb, F32)
+    sky = top + (hor - top) * t[..., None]
+    sky = np.broadcast_to(sky, (s1, cv.W, 3))
+    if p.clouds > 0:
+        ox, oy = p.texture_offset
+        k = 300.0 / cv.H
+        rows = (np.arange(s1) * k * 1.6 + oy).astype(np.int64) & (TILE - 1)
+        cols = (np.arange(cv.W) * k * 0.6 + ox).astype(np.int64) & (TILE - 1)
+        c = tex["clouds"][np.ix_(rows, cols)]
+        amount = np.clip(c * F32(0.55) - F32(1.25) + F32(1.6 * p.clouds), 0.0, 1.0)
+        amount *= F32(1.0) - F32(0.6) * t
+        cloud_rgb = F32(0.97) - F32(0.12) * np.clip(c - 1.0, 0, 1)[..., None]
+        sky = sky + amount[..., None] * (cloud_rgb - sky)
+    cv.image[:s1] = sky
+
+
+def _skyline(cv: Canvas, p, tex, rng) -> None:
+    """Far hills, then buildings and a band of treetops along the horizon (one layer)."""
+    prof, hsh = tex["profile"], tex["hash"]
+    sc = cv.scale
+    off = int(rng.integers(0, 4096))
+    margin = abs(math.sin(p.roll)) * cv.W
+    # columns in 480-wide units; profiles are per un-rolled column
+    cols = np.arange(-math.ceil(margin), cv.W + math.ceil(margin) + 1)
+    ci = (cols * (480.0 / cv.W)).astype(np.int64)
+    hills = (6.0 + 42.0 * prof[(ci // 3 + off) & 4095] ** 2) * sc
+    block = (ci + off) // 41
+    has = hsh[(block * 13 + 5) & 4095] < p.buildings
+    bh = np.where(has, (8.0 + 40.0 * hsh[(block * 29 + 11) & 4095] ** 2) * sc, 0.0)
+    cw = 9.0
+    k = ((ci + off) / cw).astype(np.int64)
+    frac = (ci + off) / cw - k
+    crown = hsh[(k * 17 + 3) & 4095]
+    forest = prof[(ci // 2 + off * 3 + 1000) & 4095]
+    band_h = np.clip(forest - 0.25, 0, None) * 22.0 * sc
+    bump = np.sqrt(np.clip(1.0 - (2.0 * frac - 1.0) ** 2, 0, 1))
+    tree_h = np.where(band_h > 0, band_h + bump * (3.0 + 6.0 * crown) * sc, 0.0)
+    tallest = float(max(hills.max(), bh.max(), tree_h.max()))
+    win = cv.window(-cv.cx - margin, cv.W - cv.cx + margin, cv.v_end - tallest - 1,
+                    cv.v_end + 1)
+    if win is None:
+        return
+    rs, cs, uu, vv = win
+    j = np.clip(np.rint(uu + F32(cv.cx - 0.5 - cols[0])).astype(np.int64), 0, len(cols) - 1)
+
+    def at(a):
+        return a.astype(F32)[j]
+
+    height = F32(cv.v_end + 0.5) - vv  # pixels above the horizon
+    hor = np.asarray(p.sky_horizon_rgb, F32)
+    hill_rgb = 0.55 * np.asarray(p.hills_rgb, F32) + 0.45 * hor
+    tr = 0.8 * np.asarray(p.trees_rgb, F32) + 0.2 * hor
+    shape = np.broadcast_shapes(height.shape, j.shape)
+    rgb = np.empty(shape + (3,), F32)
+    rgb[:] = hill_rgb
+    in_hill = height < at(hills)
+    mask = in_hill
+    if p.buildings > 0:
+        in_b = height < at(bh)
+        if in_b.any():
+            tint = F32(0.75) + F32(0.5) * at(hsh[(block * 3 + 1) & 4095])
+            b_rgb = np.asarray(p.building_rgb, F32) * tint[..., None]
+            win_px = max(2, int(round(3 * sc)))
+            windows = (at(ci % 6) < 3) & ((vv.astype(np.int64) // win_px) % 2 == 0) & (
+                height > 2 * sc)
+            b_rgb = np.where(windows[..., None], b_rgb * F32(0.55), b_rgb)
+            b_rgb = F32(0.8) * b_rgb + F32(0.2) * hor
+            np.copyto(rgb, np.broadcast_to(b_rgb, rgb.shape), where=in_b[..., None])
+            mask = mask | in_b
+    th = at(tree_h)
+    in_t = height < th
+    lum = F32(0.85) + F32(0.35) * at(bump) * (F32(1.0) - height / (th + 1))
+    np.copyto(rgb, tr * lum[..., None], where=in_t[..., None])
+    mask = mask | in_t
+    cv.put(rs, cs, mask, F32(2000.0), rgb)
+
+
+def _fence(cv: Canvas, x_pos: float, height: float):
+    """Yield (slices, mask, z, height-above-ground) of a vertical strip along the road at
+    road coordinate ``x_pos``, ``height`` metres tall, one per monotone piece of its
+    projection (a bend can fold it back on itself)."""
+    zz = cv.zs[cv.zs > 1.0]
+    if zz.size < 2:
+        return
+    u = cv.column(x_pos, zz)
+    d = np.sign(np.diff(u))
+    cuts = np.nonzero(d[1:] != d[:-1])[0] + 1
+    for piece in np.split(np.arange(len(zz)), cuts):
+        if len(piece) < 2:
+            continue
+        up, zp = u[piece], zz[piece]
+        keep = np.abs(up) < 4 * cv.W
+        if keep.sum() < 2:
+            continue
+        up, zp = up[keep], zp[keep]
+        order = np.argsort(up)
+        up, zp = up[order], zp[order]
+        vg = cv.ground_row(zp)
+        vt = vg - cv.f * height / zp
+        # cut into column chunks with tight row ranges (the strip is a thin diagonal)
+        n_chunks = int(np.clip((up[-1] - up[0]) // 24, 1, 12))
+        edges = np.linspace(up[0], up[-1], n_chunks + 1)
+        for a, b in zip(edges[:-1], edges[1:], strict=True):
+            sel = (up >= a - 1) & (up <= b + 1)
+            lo = np.searchsorted(up, a, side="right") - 1
+            hi = np.searchsorted(up, b, side="left") + 1
+            sel[max(lo, 0):min(hi, len(up))] = True
+            win = cv.window(a, b, vt[sel].min(), vg[sel].max())
+            if win is None:
+                continue
+            rs, cs, uu, vv = win
+            inside = (uu >= a) & (uu <= b)
+            zc = np.interp(uu, up, zp).astype(F32)
+            hgt = (cv.ground_row(zc) - vv) * zc / F32(cv.f)
+            ok = inside & (hgt >= -0.02) & (hgt <= height)
+            yield rs, cs, ok, zc, hgt
+
+
+_STEEL = np.array([0.70, 0.72, 0.74], F32)
+_CONCRETE = np.array([0.70, 0.69, 0.66], F32)
+
+
+def _guard_rail(cv: Canvas, x_pos: float) -> None:
+    for rs, cs, ok, zc, hgt in _fence(cv, x_pos, 0.8):
+        post = np.mod(zc, F32(4.0)) < np.maximum(F32(0.15), F32(1.2) * zc / F32(cv.f))
+        rail = (hgt > 0.45) & (hgt < 0.8)
+        shade = np.where(rail, F32(0.8) + F32(0.25) * ((hgt > 0.6) & (hgt < 0.68)), F32(0.4))
+        rgb = _STEEL * shade[..., None]
+        cv.put(rs, cs, ok & (rail | post), np.broadcast_to(zc, ok.shape), rgb)
+
+
+def _barriers(cv: Canvas, p) -> None:
+    _guard_rail(cv, cv.road_w + p.shoulder_right + 0.4)
+    x_l = -p.shoulder_left - 0.4
+    if p.median == "concrete":
+        for rs, cs, ok, zc, hgt in _fence(cv, x_l, 0.85):
+            shade = np.where(hgt < 0.15, F32(0.6), np.where(hgt > 0.75, F32(1.08), F32(0.88)))
+            cv.put(rs, cs, ok, np.broadcast_to(zc, ok.shape), _CONCRETE * shade[..., None])
+    else:
+        _guard_rail(cv, x_l)
+
+
+def _poles(cv: Canvas, p, rng) -> None:
+    """Lamp posts beside the right shoulder, with an arm over the road."""
+    spacing = 45.0
+    phase = float(rng.uniform(0, spacing))
+    x_pole = cv.road_w + p.shoulder_right + 1.5
+    rgb = np.array([0.55, 0.56, 0.58], F32)
+    for z in np.arange(phase + 6.0, min(cv.zmax, 250.0), spacing)[::-1]:
+        u = float(cv.column(x_pole, z))
+        ua = float(cv.column(x_pole - 2.5, z))
+        vg = float(cv.ground_row(z))
+        vt = vg - cv.f * 10.0 / z
+        half = max(0.5, cv.f * 0.12 / z)
+        arm = max(0.8, cv.f * 0.15 / z)
+        win = cv.window(min(u, ua) - half, u + half, vt - arm, vg)
+        if win is None:
+            continue
+        rs, cs, uu, vv = win
+        m = ((np.abs(uu - u) <= half) & (vv >= vt) & (vv <= vg)) | (
+            (uu >= ua) & (uu <= u) & (np.abs(vv - vt) <= arm))
+        cv.put(rs, cs, m, F32(z), rgb)
+
+
+def _trees(cv: Canvas, p, tex, rng) -> None:
+    n = p.trees
+    if n <= 0:
+        return
+    side = rng.random(n) < 0.55
+    lateral = 3.0 + 27.0 * rng.random(n) ** 2  # most trees near the verge
+    xs = np.where(side, cv.road_w + p.shoulder_right + lateral, -p.shoulder_left - lateral)
+    zt = rng.uniform(6.0, 200.0, n)
+    radius = rng.uniform(1.8, 4.0, n)
+    trunk_h = rng.uniform(1.2, 2.5, n)
+    conifer = rng.random(n) < 0.3
+    jitter = rng.uniform(-0.35, 0.35, (n, 3, 2))
+    tr = np.asarray(p.trees_rgb, F32)
+    ox, oy = p.texture_offset
+    for i in np.argsort(-zt):
+        z = float(zt[i])
+        if z > cv.zmax:
+            continue
+        u = float(cv.column(xs[i], z))
+        vg = float(cv.ground_row(z))
+        r = max(1.0, cv.f * radius[i] / z)
+        th = cv.f * trunk_h[i] / z
+        vc = vg - th - r
+        tall = 2.6 if conifer[i] else 1.2
+        win = cv.window(u - 1.3 * r, u + 1.3 * r, vc - tall * r, vg)
+        if win is None:
+            continue
+        rs, cs, uu, vv = win
+        du, dv = (uu - F32(u)) / F32(r), (vv - F32(vc)) / F32(r)
+        if conifer[i]:
+            # a cone from the trunk top up to ``tall`` radii, slightly ragged
+            hgt = (-dv + 1.0) / (tall + 1.0)
+            crown = (hgt >= 0) & (hgt <= 1) & (
+                np.abs(du) < 0.9 * (1 - hgt) * (1 + 0.15 * np.sin(dv * 9.0)))
+        else:
+            crown = np.zeros(np.broadcast_shapes(du.shape, dv.shape), bool)
+            for jx, jy in jitter[i]:
+                crown |= (du - jx) ** 2 + ((dv - jy) * 1.15) ** 2 < 0.55
+        trunk = (np.abs(du) < max(0.5 / r, 0.08)) & (vv > vc) & (vv <= vg)
+        lit = np.clip(F32(1.0) - F32(0.35) * (du + dv), F32(0.55), F32(1.4))
+        g = _grain(tex, rs.start, rs.stop, cv.W, ox + 13 * i, oy + 7 * i)[:, cs]
+        rgb = tr * (lit * (F32(0.9) + F32(0.12) * g))[..., None]
+        rgb = np.where(crown[..., None], rgb, np.array([0.22, 0.16, 0.10], F32))
+        cv.put(rs, cs, crown | trunk, F32(z), rgb)
+        if p.shadow > 0:
+            h = trunk_h[i] + radius[i] * (2.6 if conifer[i] else 1.0)
+            _ground_shadow(cv, xs[i] + p.sun_dx * h, z + p.sun_dz * h,
+                           radius[i] * (0.8 if conifer[i] else 1.0), p.shadow)
+
+
+def _ground_shadow(cv: Canvas, xs: float, zs: float, r: float, strength: float) -> None:
+    """Darken an ellipse of radius ``r`` metres on the ground around (xs, zs)."""
+    z0, z1 = zs - r, zs + r
+    if z0 < 1.0 or z0 > cv.zmax:
+        return
+    z1 = min(z1, cv.zmax)
+    cu = [float(cv.column(xx, zz)) for xx in (xs - r, xs + r) for zz in (z0, z1)]
+    win = cv.window(min(cu), max(cu), float(cv.ground_row(z1)), float(cv.ground_row(z0)))
+    if win is None:
+        return
+    rs, cs, uu, vv = win
+    p = cv.p
+    z = np.interp(vv, cv.vz[::-1], cv.zs[::-1]).astype(F32)
+    x = uu * z / F32(cv.f) + (F32(cv.xcam) - F32(0.5 * p.curvature) * z * z - F32(p.yaw) * z)
+    d2 = ((x - F32(xs)) / F32(r)) ** 2 + ((z - F32(zs)) / F32(r)) ** 2
+    m = (d2 < 1.0) & (vv > F32(cv.v_end))
+    if m.any():
+        cv.darken(rs, cs, m, 1.0 - strength)
+
+
+_CAR_COLOURS = np.array(
+    [[0.85, 0.85, 0.85], [0.55, 0.56, 0.58], [0.08, 0.08, 0.09], [0.60, 0.08, 0.07],
+     [0.10, 0.18, 0.45], [0.30, 0.32, 0.30], [0.75, 0.72, 0.62]], F32)
+
+
+def _vehicles(cv: Canvas, p, rng) -> None:
+    n = p.vehicles
+    if n <= 0:
+        return
+    lanes = rng.integers(0, p.lanes, n)
+    zv = rng.uniform(8.0, 110.0, n)
+    truck = rng.random(n) < 0.25
+    colours = _CAR_COLOURS[rng.integers(0, len(_CAR_COLOURS), n)]
+    offset = rng.normal(0, 0.2, n)
+    taken: list[tuple[int, float]] = []
+    for i in np.argsort(zv):  # nearest first: it claims its lane stretch
+        z0 = float(zv[i])
+        length = 12.0 if truck[i] else 4.5
+        if any(lane == lanes[i] and abs(z0 - zz) < 16 for lane, zz in taken):
+            continue
+        if (lanes[i] == p.ego_lane and z0 < 14) or z0 + length > cv.zmax:
+            continue
+        taken.append((int(lanes[i]), z0))
+        xc = (lanes[i] + 0.5) * p.lane_width + offset[i]
+        if truck[i]:
+            _draw_vehicle(cv, xc, z0, 2.5, 3.6, length, np.array([0.85, 0.85, 0.83], F32), True)
+        else:
+            _draw_vehicle(cv, xc, z0, 1.8, 1.45, length, colours[i], False)
+
+
+def _draw_vehicle(cv: Canvas, xc, z0, width, height, length, body, truck) -> None:
+    f = cv.f
+    z1 = z0 + length
+    ul, ur = float(cv.column(xc - width / 2, z0)), float(cv.column(xc + width / 2, z0))
+    vb = float(cv.ground_row(z0))
+    vt = vb - f * height / z0
+    clear = f * 0.22 / z0  # ground clearance, pixels
+    # soft contact shadow on the ground below and just behind the bumper
+    below = max(1.5, f * 0.5 / z0)
+    win = cv.window(ul - 1, ur + 1, vb - clear - 1, vb + below)
+    if win is not None:
+        rs, cs, uu, vv = win
+        m = (uu >= ul - 0.5) & (uu <= ur + 0.5) & (vv >= vb - clear - 1) & (vv <= vb + below)
+        cv.darken(rs, cs, m, 0.4)
+    # side face, visible when the vehicle is off to one side of the camera
+    xs = xc - width / 2 if ul > 0 else (xc + width / 2 if ur < 0 else None)
+    if xs is not None:
+        ua, ub = float(cv.column(xs, z0)), float(cv.column(xs, z1))
+        vbb = float(cv.ground_row(z1))
+        vtb = vbb - f * height / z1
+        win = cv.window(min(ua, ub), max(ua, ub), min(vt, vtb), max(vb, vbb))
+        if win is not None and abs(ub - ua) > 0.3:
+            rs, cs, uu, vv = win
+            t = np.clip((uu - F32(ua)) / F32(ub - ua), 0, 1)
+            top = F32(vt) + t * F32(vtb - vt)
+            bot = F32(vb) + t * F32(vbb - vb)
+            inside = ((uu - F32(ua)) * (uu - F32(ub)) <= 0) & (vv >= top) & (vv <= bot)
+            hrel = (bot - vv) / np.maximum(bot - top, F32(1e-3))
+            rgb = np.broadcast_to(body * F32(0.72), hrel.shape + (3,)).copy()
+            if not truck:
+                rgb[(hrel > 0.62) & (hrel < 0.92)] = (0.12, 0.13, 0.15)
+            rgb[hrel < 0.16] = (0.05, 0.05, 0.05)
+            zz = np.broadcast_to((F32(z0) + t * F32(length)), inside.shape)
+            cv.put(rs, cs, inside, zz, rgb)
+    # rear face
+    win = cv.window(ul, ur, vt, vb)
+    if win is None:
+        return
+    rs, cs, uu, vv = win
+    inside = (uu >= ul) & (uu <= ur) & (vv >= vt) & (vv <= vb)
+    hrel = (F32(vb) - vv) / F32(max(vb - vt, 1e-3))
+    wrel = (uu - F32(ul)) / F32(max(ur - ul, 1e-3))
+    shape = np.broadcast_shapes(hrel.shape, wrel.shape)
+    hrel, wrel = np.broadcast_to(hrel, shape), np.broadcast_to(wrel, shape)
+    rgb = np.broadcast_to(body, shape + (3,)).copy()
+    under = hrel < clear / max(vb - vt, 1e-3)
+    if truck:
+        rgb *= (F32(0.9) + F32(0.1) * (np.mod(wrel * 6, 1) < 0.5))[..., None]
+        rgb[hrel < 0.12] = 0.1
+        rgb[(hrel > 0.14) & (hrel < 0.2) & ((wrel < 0.12) | (wrel > 0.88))] = (0.8, 0.06, 0.05)
+    else:
+        rgb[(hrel > 0.6) & (hrel < 0.92) & (wrel > 0.1) & (wrel < 0.9)] = (0.10, 0.11, 0.13)
+        rgb[(hrel > 0.45) & (hrel < 0.58) & ((wrel < 0.17) | (wrel > 0.83))] = (0.78, 0.06, 0.05)
+        rgb[(hrel > 0.3) & (hrel < 0.38) & (wrel > 0.38) & (wrel < 0.62)] = (0.85, 0.85, 0.8)
+        rgb[hrel < 0.3] *= F32(0.55)
+    tyres = under & ((wrel < 0.2) | (wrel > 0.8))
+    rgb[under] = 0.04
+    cv.put(rs, cs, inside & (~under | tyres), F32(z0), rgb)
+
+
+def _atmosphere(cv: Canvas, p, tex) -> None:
+    """Aerial perspective and fog, rain, exposure, blur and sensor noise (in place)."""
+    img = cv.image
+    hor = np.asarray(p.sky_horizon_rgb, F32)
+    fog_rgb = hor * F32(1 - p.fog) + F32(0.75 * p.fog)
+    vis = F32(1200.0 / (1.0 + 30.0 * p.fog**2))
+    # haze grows with distance; the sky (infinite depth) only takes the fog
+    full = 0.7 + 0.3 * p.fog  # haze at infinite distance (far objects stay faintly visible)
+    # haze starts at ``near`` metres: the rows that see only nearer ground are skipped
+    near = min(30.0, 0.1 * float(vis))
+    e_near = math.exp(-near / float(vis))
+    r_cut = cv.H
+    row_near = float(cv.ground_row(near))
+    if row_near > cv.v_end:
+        r_cut = int(np.clip(math.ceil(row_near + abs(math.sin(p.roll)) * cv.W / 2) + 1, 0, cv.H))
+    depth = cv.depth[:r_cut]
+    haze = np.exp(-depth / vis)
+    haze *= F32(-full / e_near)
+    haze += F32(full)
+    np.maximum(haze, F32(0.0), out=haze)
+    haze[depth == np.inf] = F32(p.fog)
+    haze = haze[..., None]
+    top = img[:r_cut]
+    top -= fog_rgb
+    top *= F32(1.0) - haze
+    top += fog_rgb
+    if p.blur > 0:
+        k = F32(min(p.blur, 2.0) * 0.12)
+        src = img.copy()
+        img *= F32(1.0) - F32(4.0) * k
+        for a, b in ((np.s_[1:], np.s_[:-1]), (np.s_[:-1], np.s_[1:])):
+            img[a] += k * src[b]
+            img[:, a] += k * src[:, b]
+        for edge in (np.s_[:1], np.s_[-1:]):  # mirror the missing neighbours at the borders
+            img[edge] += k * src[edge]
+            img[:, edge] += k * src[:, edge]
+    # rain, contrast, brightness and tint: one affine map per channel
+    tint = np.asarray(p.tint, F32)
+    rain_gain, rain_bias = 1.0 - 0.35 * p.rain, 0.07 * p.rain
+    gain = tint * F32(p.brightness * p.contrast * rain_gain)
+    bias = tint * F32(p.brightness * (p.contrast * (rain_bias - 0.5) + 0.5))
+    if not (np.all(gain == 1) and np.all(bias == 0)):
+        img *= gain
+        img += bias
+    if p.noise > 0:
+        ox, oy = p.texture_offset
+        img += (F32(p.noise) * _grain(tex, 0, cv.H, cv.W, ox + 311, oy + 97))[..., None]
+    np.clip(img, 0.0, 1.0, out=img)
+    if p.gamma != 1.0:
+        lut = (np.linspace(0.0, 1.0, 1024, dtype=np.float64) ** p.gamma).astype(F32)
+        img *= F32(1023.0)
+        img += F32(0.5)
+        cv.image = lut[img.astype(np.int32)]

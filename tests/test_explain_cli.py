@@ -1,0 +1,172 @@
+"""``segscope explain`` end to end on a tiny checkpoint and a tiny PNG, and its errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import segscope
+from segscope.cli import main
+
+H, W = 40, 56
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny convolutions: threads only add synchronisation (and stall on a busy machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+
+@pytest.fixture
+def files(tmp_path, tiny_segnet):
+    ckpt = tmp_path / "model.safetensors"
+    segscope.save_model(tiny_segnet, ckpt)
+    rng = np.random.default_rng(0)
+    img = tmp_path / "scene.png"
+    Image.fromarray(rng.integers(0, 256, (H, W, 3), dtype=np.uint8)).save(img)
+    return tmp_path, ckpt, img
+
+
+def _run(args, capsys):
+    try:
+        main(args)
+    except SystemExit as exc:
+        code = exc.code
+    else:
+        code = 0
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_lrp_end_to_end(files, capsys, tiny_segnet):
+    tmp, ckpt, img = files
+    mask = np.zeros((H, W), np.uint8)
+    mask[15:25, 20:36] = 1
+    Image.fromarray(mask).save(tmp / "mask.png")
+    out = tmp / "out"
+    code, stdout, err = _run(["explain", "-c", str(ckpt), "-i", str(img), "--class", "road",
+                              "--mask", str(tmp / "mask.png"), "--keep", "all",
+                              "--out", str(out)], capsys)
+    assert code == 0, err
+    assert "road mask" in stdout
+    data = np.load(out / "relevance.npz")
+    keys = set(data.files)
+    assert {"pixels", "input", "absorbed_names", "absorbed_values", "output_total",
+            "concept", "rule", "layer/data", "layer/conv3_1", "layer/conv1_1_D"} <= keys
+    assert sum(k.startswith("layer/") for k in keys) == 37
+    assert data["pixels"].shape == (H, W) and data["input"].shape == (3, H, W)
+    assert str(data["rule"]) == "alpha1beta0"
+    assert len(data["absorbed_names"]) == 26
+    # the numbers are the library's numbers
+    from segscope.data.io import read_image
+    from segscope.explain import Concept, lrp
+
+    image = torch.from_numpy(read_image(img)).permute(2, 0, 1)
+    e = lrp(tiny_segnet, image, Concept.mask("road", mask))
+    np.testing.assert_allclose(data["pixels"], e.pixels.numpy(), rtol=1e-5, atol=1e-9)
+    assert float(data["output_total"]) == pytest.approx(e.output_total)
+    total = float(data["input_total"]) + data["absorbed_values"].sum() + float(data["dropped"])
+    assert total == pytest.approx(float(data["output_total"]), rel=1e-5)
+    # the heatmap: red where R > 0, blue where R < 0, white at 0 (eq 8.2)
+    heat = np.asarray(Image.open(out / "heatmap.png").convert("RGB")).astype(int)
+    r = data["pixels"]
+    cy, cx = H // 2, W // 2
+    assert r[cy, cx] != 0
+    if r[cy, cx] > 0:
+        assert heat[cy, cx, 0] == 255 and heat[cy, cx, 2] < 255
+    else:
+        assert heat[cy, cx, 2] == 255 and heat[cy, cx, 0] < 255
+    y, x = np.unravel_index(np.abs(r).argmax(), r.shape)
+    assert tuple(heat[y, x]) == ((255, 0, 0) if r[y, x] > 0 else (0, 0, 255))
+    over = np.asarray(Image.open(out / "overlay.png").convert("RGB"))
+    assert over.shape == (H, W, 3)
+
+
+def test_pixel_and_prediction_concepts(files, capsys):
+    tmp, ckpt, img = files
+    code, _, err = _run(["explain", "-c", str(ckpt), "-i", str(img), "--class", "1",
+                         "--pixel", "3,4", "--rule", "conv1_1=zbox,default=alpha2beta1",
+                         "--keep", "conv1_1,pool1", "--out", str(tmp / "a")], capsys)
+    assert code == 0, err
+    data = np.load(tmp / "a" / "relevance.npz")
+    assert {"layer/conv1_1", "layer/pool1"} <= set(data.files)
+    assert "zbox" in str(data["rule"])
+    assert float(data["output_total"]) == pytest.approx(1.0)  # --pixel assigns 1
+    label = np.ones((H, W), np.uint8)
+    Image.fromarray(label).save(tmp / "label.png")
+    code, _, err = _run(["explain", "-c", str(ckpt), "-i", str(img), "--class", "road",
+                         "--from-prediction", "fn", "--label", str(tmp / "label.png"),
+                         "--assign", "one", "--out", str(tmp / "b")], capsys)
+    if code == 0:
+        data = np.load(tmp / "b" / "relevance.npz")
+        assert float(data["output_total"]) > 0
+    else:  # the tiny model may predict road everywhere: then the set is empty
+        assert "selects no pixels" in err
+
+
+def _bad(tmp, ckpt, img, extra):
+    return ["explain", "-c", str(ckpt), "-i", str(img), "--out", str(tmp / "bad"), *extra]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--class", "road", "--pixel", "40,3"], "outside the 40x56 image"),
+        (["--class", "sky", "--pixel", "1,1"], "unknown class 'sky'"),
+        (["--class", "road", "--pixel", "1,1", "--keep", "conv9_9"], "unknown layer 'conv9_9'"),
+        (["--class", "road", "--pixel", "a,b"], "--pixel must be Y,X"),
+        (["--class", "road"], "choose exactly one of"),
+        (["--class", "road", "--pixel", "1,1", "--rule", "lrp0"], "unknown LRP rule"),
+        (["--class", "road", "--pixel", "1,1", "--method", "magic"], "unknown method"),
+        (["--class", "road", "--from-prediction", "tp"], "needs --label"),
+    ],
+)
+def test_bad_arguments(files, capsys, extra, message):
+    tmp, ckpt, img = files
+    code, _, err = _run(_bad(tmp, ckpt, img, extra), capsys)
+    assert code == 2
+    assert err.startswith("segscope: error: ") and message in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp / "bad" / "relevance.npz").exists()
+
+
+def test_bad_files(files, capsys):
+    tmp, ckpt, img = files
+    Image.fromarray(np.zeros((H, W), np.uint8)).save(tmp / "empty.png")
+    Image.fromarray(np.ones((10, 10), np.uint8)).save(tmp / "small.png")
+    (tmp / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    (tmp / "notamodel.safetensors").write_bytes(b"hello")
+    cases = [
+        (_bad(tmp, ckpt, img, ["--class", "road", "--mask", str(tmp / "empty.png")]),
+         "selects no pixels"),
+        (_bad(tmp, ckpt, img, ["--class", "road", "--mask", str(tmp / "small.png")]),
+         "mask is 10x10, the image is 40x56"),
+        (_bad(tmp, ckpt, tmp / "corrupt.png", ["--class", "road", "--pixel", "1,1"]),
+         "cannot read image"),
+        (_bad(tmp, ckpt, tmp / "missing.png", ["--class", "road", "--pixel", "1,1"]),
+         "not found"),
+        (_bad(tmp, tmp / "notamodel.safetensors", img, ["--class", "road", "--pixel", "1,1"]),
+         "not a segscope checkpoint"),
+    ]
+    for args, message in cases:
+        code, _, err = _run(args, capsys)
+        assert code == 2, args
+        assert err.startswith("segscope: error: ") and message in err, err
+        assert "Traceback" not in err
+
+
+def test_gradient_method_writes_its_files(files, capsys):
+    pytest.importorskip("segscope.explain.methods")
+    tmp, ckpt, img = files
+    code, _, err = _run(_bad(tmp, ckpt, img, ["--class", "road", "--pixel", "20,20",
+                                              "--method", "gradxinput"]), capsys)
+    assert code == 0, err
+    data = np.load(tmp / "bad" / "gradxinput.npz")
+    assert data["pixels"].shape == (H, W)
+    assert (tmp / "bad" / "gradxinput.png").is_file()

@@ -1,0 +1,373 @@
+"""The LRP engine on SegNet and small generic models: conservation, folding, routing,
+batching, feature separation and errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import segscope
+from segscope.errors import SegscopeError
+from segscope.explain import Concept, lrp, separate_features
+from segscope.explain.graph import build_graph, fold_bn
+from segscope.explain.lrp import forward_state, propagate
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny convolutions: threads only add synchronisation (and stall on a busy machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+
+def _image(h: int = 40, w: int = 56, seed: int = 0) -> torch.Tensor:
+    return torch.rand(3, h, w, generator=torch.Generator().manual_seed(seed))
+
+
+def _zero_biases(model: nn.Module) -> nn.Module:
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.Conv2d) and m.bias is not None:
+                m.bias.zero_()
+            elif isinstance(m, nn.BatchNorm2d):
+                m.bias.zero_()
+                m.running_mean.zero_()
+    return model
+
+
+def _rel(a: float, b: float) -> float:
+    return abs(a - b) / abs(b)
+
+
+# -- conservation ------------------------------------------------------------------------
+def test_conservation_without_biases(tiny_segnet):
+    model = _zero_biases(tiny_segnet)
+    img = _image()  # 40x56: padded to 64x64 inside SegNet
+    mask = torch.zeros(40, 56, dtype=torch.bool)
+    mask[5:30, 10:40] = True
+    for concept in (Concept.pixel("road", 12, 33), Concept.mask("markings", mask)):
+        e = lrp(model, img, concept, keep="all")
+        assert abs(e.output_total) > 1e-3
+        assert _rel(e.input_total, e.output_total) < 1e-5
+        assert all(abs(v) < 1e-5 * abs(e.output_total) for v in e.absorbed.values())
+        assert e.dropped == 0.0
+        # every conv layer conserves too: totals agree at every kept layer
+        for name in ("conv1_1", "pool1", "conv3_2", "pool5", "upsample5", "conv2_1_D"):
+            total = float(e.layers[name].double().sum())
+            assert _rel(total, e.output_total) < 1e-5, name
+
+
+def test_conservation_with_biases_is_accounted_for(tiny_segnet):
+    img = _image()
+    e = lrp(tiny_segnet, img, Concept.pixel("road", 20, 20))
+    assert len(e.absorbed) == 26  # one entry per conv layer
+    lost = sum(e.absorbed.values())
+    assert abs(lost) > 1e-3 * abs(e.output_total)  # biases do absorb something here
+    assert _rel(e.input_total + lost + e.dropped, e.output_total) < 1e-5
+
+
+def test_absorbed_at_output_layer_is_the_bias_share(tiny_segnet):
+    """Σ_j R_j b_j⁺ / z_j⁺ at conv1_1_D, recomputed from a hooked forward pass."""
+    img = _image(32, 32)
+    seen = {}
+    hook = tiny_segnet.conv1_1_D.register_forward_hook(lambda m, i, o: seen.update(x=i[0]))
+    concept = Concept.mask("road", torch.ones(32, 32), assign="score")
+    with torch.no_grad():
+        scores = tiny_segnet(img[None])[0]
+    hook.remove()
+    conv = tiny_segnet.conv1_1_D
+    with torch.no_grad():
+        zp = nn.functional.conv2d(seen["x"], conv.weight.clamp(min=0),
+                                  conv.bias.clamp(min=0), padding=1)[0]
+        r = torch.zeros_like(scores)
+        r[1] = scores[1]
+        bp = conv.bias.clamp(min=0).view(-1, 1, 1)
+        want = float((r * torch.where(zp != 0, bp / zp, 0)).double().sum())
+    e = lrp(tiny_segnet, img, concept)
+    assert e.absorbed["conv1_1_D"] == pytest.approx(want, rel=1e-4, abs=1e-7)
+    assert e.output_total == pytest.approx(float(scores[1].double().sum()), rel=1e-6)
+
+
+# -- BatchNorm folding -------------------------------------------------------------------
+def test_bn_folding_keeps_the_output(tiny_segnet):
+    img = _image(45, 70)
+    with torch.no_grad():
+        want = tiny_segnet(img[None])[0]
+    state = forward_state(tiny_segnet, img)
+    assert state.scores.shape == want.shape
+    assert (state.scores - want).abs().max() <= 1e-5 * max(1.0, float(want.abs().max()))
+    assert not any(n.kind == "bn" for n in build_graph(tiny_segnet).nodes)
+
+
+def test_fold_bn_formula():
+    torch.manual_seed(0)
+    conv, bn = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4)
+    with torch.no_grad():
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+        bn.weight.uniform_(0.5, 2)
+        bn.bias.uniform_(-1, 1)
+    bn.eval()
+    w, b = fold_bn(conv.weight, conv.bias, bn)
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(nn.functional.conv2d(x, w, b, padding=1), bn(conv(x)),
+                                   rtol=1e-5, atol=1e-5)
+    sigma = torch.sqrt(bn.running_var + bn.eps)
+    torch.testing.assert_close(b, (conv.bias - bn.running_mean) * bn.weight / sigma + bn.bias)
+
+
+# -- pooling -----------------------------------------------------------------------------
+class _Pick(nn.Module):
+    """Channel 0 of the image through a 1x1 conv, then max-pool (and optionally unpool)."""
+
+    def __init__(self, unpool: bool) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 1, 1, bias=False)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.tensor([1.0, 0.0, 0.0]).view(1, 3, 1, 1))
+        self.pool = nn.MaxPool2d(2, 2, return_indices=True)
+        self.unpool = nn.MaxUnpool2d(2, 2) if unpool else None
+
+    def forward(self, x):
+        y = self.conv(x)
+        p, idx = self.pool(y)
+        if self.unpool is None:
+            return p
+        return self.unpool(p, idx)
+
+
+_X = torch.tensor([[1.0, 5.0, 2.0, 0.5],
+                   [3.0, 4.0, 9.0, 1.0],
+                   [7.0, 0.2, 0.3, 0.1],
+                   [0.4, 0.6, 8.0, 6.0]])
+
+
+def _pick_image() -> torch.Tensor:
+    img = torch.zeros(3, 4, 4)
+    img[0] = _X
+    img[1:] = 0.5  # other channels carry no weight
+    return img
+
+
+def test_maxpool_routes_to_the_winner():
+    r_out = torch.tensor([[[1.0, 2.0], [3.0, 4.0]]])
+    e = lrp(_Pick(unpool=False).eval(), _pick_image(), Concept.tensor(r_out), keep=["conv"])
+    want = torch.tensor([[0.0, 1.0, 0.0, 0.0],
+                         [0.0, 0.0, 2.0, 0.0],
+                         [3.0, 0.0, 0.0, 0.0],
+                         [0.0, 0.0, 4.0, 0.0]])
+    torch.testing.assert_close(e.layers["conv"][0], want)
+    torch.testing.assert_close(e.input[0], want)
+    assert float(e.input[1:].abs().sum()) == 0.0
+
+
+def test_maxunpool_gathers_from_the_scattered_position():
+    r_out = torch.arange(16, dtype=torch.float32).view(1, 4, 4) + 1
+    e = lrp(_Pick(unpool=True).eval(), _pick_image(), Concept.tensor(r_out),
+            keep=["pool", "conv"])
+    # winners: 5.0 at (0,1), 9.0 at (1,2), 7.0 at (2,0), 8.0 at (3,2)
+    torch.testing.assert_close(e.layers["pool"][0], torch.tensor([[2.0, 7.0], [9.0, 15.0]]))
+    want = torch.zeros(4, 4)
+    want[0, 1], want[1, 2], want[2, 0], want[3, 2] = 2.0, 7.0, 9.0, 15.0
+    torch.testing.assert_close(e.input[0], want)
+    assert e.output_total == pytest.approx(136.0)
+    assert e.input_total == pytest.approx(33.0)  # the rest fell on zeros of the unpool
+
+
+# -- batching ----------------------------------------------------------------------------
+def test_batch_equals_one_by_one(tiny_segnet):
+    img = _image(40, 56, seed=1)
+    with torch.no_grad():
+        pred = tiny_segnet(img[None])[0].argmax(0)
+    label = pred.clone()
+    label[:, :20] = (label[:, :20] + 1) % 3
+    mask = torch.zeros(40, 56)
+    mask[10:20, 10:30] = 1
+    cls = int(pred[30, 40])
+    concepts = [
+        Concept.pixel("road", 3, 4),
+        Concept.mask("background", mask, assign="prob"),
+        Concept.from_prediction(cls, "tp", label),
+        Concept.pixel("markings", 39, 55, assign="score"),
+    ]
+    keep = ["data", "conv1_2", "pool3", "conv1_1_D"]
+    together = lrp(tiny_segnet, img, concepts, keep=keep, batch_size=3)
+    for c, t in zip(concepts, together, strict=True):
+        alone = lrp(tiny_segnet, img, c, keep=keep)
+        torch.testing.assert_close(t.pixels, alone.pixels, rtol=1e-5, atol=1e-9)
+        for name in keep:
+            torch.testing.assert_close(t.layers[name], alone.layers[name], rtol=1e-5, atol=1e-9)
+        torch.testing.assert_close(t.layers["conv1_1_D"], alone.initial)
+        assert t.output_total == pytest.approx(alone.output_total)
+        assert t.absorbed == pytest.approx(alone.absorbed, rel=1e-4, abs=1e-9)
+    assert together[0].description == "road at pixel (3, 4)"
+
+
+def test_keep_float16_and_keep_dir(tiny_segnet, tmp_path):
+    img = _image(32, 32)
+    c = Concept.pixel("road", 16, 16)
+    full = lrp(tiny_segnet, img, c, keep="all")
+    assert list(full.layers) == tiny_segnet.layer_names
+    half = lrp(tiny_segnet, img, c, keep="all", dtype_keep=torch.float16, keep_dir=tmp_path)
+    brain = lrp(tiny_segnet, img, c, keep=["conv1_1", "pool2", "conv3_1"],
+                dtype_keep=torch.bfloat16)
+    assert (tmp_path / "conv3_1.npy").is_file()
+    on_disk = np.load(tmp_path / "conv3_1.npy")
+    assert on_disk.dtype == np.float16 and on_disk.shape == (1, *full.layers["conv3_1"].shape)
+    for name in ("conv1_1", "pool2", "conv3_1"):
+        ref = full.layers[name]
+        assert half.layers[name].dtype == torch.float16
+        # float16: 11-bit mantissa, subnormals below 6.1e-5 (spacing 6e-8)
+        err = (half.layers[name].float() - ref).abs()
+        assert bool((err <= 1e-3 * ref.abs() + 6e-8).all()), name
+        # bfloat16: 8-bit mantissa, float32's range
+        err = (brain.layers[name].float() - ref).abs()
+        assert bool((err <= 4e-3 * ref.abs() + 1e-30).all()), name
+    np.testing.assert_array_equal(on_disk[0], half.layers["conv3_1"].numpy())
+
+
+# -- feature separation ------------------------------------------------------------------
+def test_separate_features_linearity(tiny_segnet):
+    img = _image(40, 56, seed=2)
+    e = lrp(tiny_segnet, img, Concept.pixel("road", 20, 30), keep=["conv2_1"])
+    fs = separate_features(tiny_segnet, img, e, "conv2_1", batch_size=3)
+    n = e.layers["conv2_1"].shape[0]
+    assert fs.pixels.shape == (n, 40, 56) and fs.channels == list(range(n))
+    whole = propagate(tiny_segnet, img, "conv2_1", e.layers["conv2_1"])
+    scale = float(e.pixels.abs().max())
+    assert (fs.pixels.sum(0) - whole.pixels[0]).abs().max() <= 1e-5 * scale
+    assert (fs.pixels.sum(0) - e.pixels).abs().max() <= 1e-5 * scale
+    # the one-channel shortcut equals the dense propagation of that channel alone
+    only = torch.zeros_like(e.layers["conv2_1"])
+    only[3] = e.layers["conv2_1"][3]
+    single = propagate(tiny_segnet, img, "conv2_1", only)
+    assert float(fs.pixels[3].abs().max()) > 0
+    torch.testing.assert_close(fs.pixels[3], single.pixels[0], rtol=1e-5, atol=1e-6 * scale)
+    torch.testing.assert_close(fs.totals, e.layers["conv2_1"].double().sum((1, 2)).float())
+
+
+def test_separate_features_without_kept_layer_and_at_a_pool(tiny_segnet):
+    img = _image(32, 48, seed=3)
+    e = lrp(tiny_segnet, img, Concept.pixel("markings", 5, 40), keep=["pool2"])
+    bare = lrp(tiny_segnet, img, Concept.pixel("markings", 5, 40))
+    a = separate_features(tiny_segnet, img, e, "pool2", channels=[0, 2, 5])
+    b = separate_features(tiny_segnet, img, bare, "pool2", channels=[0, 2, 5])
+    torch.testing.assert_close(a.pixels, b.pixels)
+    full = separate_features(tiny_segnet, img, e, "pool2")
+    torch.testing.assert_close(full.pixels[[0, 2, 5]], a.pixels)
+    scale = float(e.pixels.abs().max())
+    assert (full.pixels.sum(0) - e.pixels).abs().max() <= 1e-5 * scale
+    with pytest.raises(SegscopeError, match="out of range"):
+        separate_features(tiny_segnet, img, e, "pool2", channels=[99])
+
+
+# -- generic models ----------------------------------------------------------------------
+class TinyUNet(nn.Module):
+    """Two levels, a concatenation skip and a residual addition."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU())
+        self.pool = nn.MaxPool2d(2, 2, return_indices=True)
+        self.mid = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.ReLU())
+        self.unpool = nn.MaxUnpool2d(2, 2)
+        self.up = nn.Conv2d(4, 4, 3, padding=1)
+        self.dec = nn.Sequential(nn.Conv2d(8, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU())
+        self.head = nn.Conv2d(4, 2, 3, padding=1)
+
+    def forward(self, x):
+        e = self.enc(x)
+        p, idx = self.pool(e)
+        m = self.mid(p)
+        u = torch.relu(self.up(self.unpool(m, idx)))
+        d = self.dec(torch.cat([u, e], dim=1))
+        return self.head(d + e)
+
+
+def _unet() -> TinyUNet:
+    torch.manual_seed(0)
+    model = TinyUNet()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_var.uniform_(0.5, 1.5)
+                m.weight.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+def test_unet_with_skip_conserves_without_biases():
+    model = _zero_biases(_unet())
+    img = _image(16, 20)
+    with torch.no_grad():
+        want = model(img[None])[0]
+    state = forward_state(model, img)
+    torch.testing.assert_close(state.scores, want, rtol=1e-5, atol=1e-6)
+    e = lrp(model, img, Concept.mask(1, torch.ones(16, 20), assign="one"), keep="all",
+            state=state)
+    assert _rel(e.input_total, e.output_total) < 1e-5
+    assert {"enc.0", "pool", "cat", "add", "head"} <= set(e.layers)
+    # the concatenation splits by channel: the skip gets the relevance of its 4 channels
+    cat = e.layers["cat"]
+    assert cat.shape[0] == 8 and float(cat[4:].abs().sum()) > 0
+
+
+def test_unet_with_biases_accounts_for_everything():
+    model = _unet()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.Conv2d):
+                m.bias.uniform_(-0.1, 0.1)
+    img = _image(16, 20, seed=4)
+    e = lrp(model, img, Concept.pixel(0, 8, 9, assign="score"))
+    assert _rel(e.input_total + sum(e.absorbed.values()), e.output_total) < 1e-5
+
+
+class _Attn(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 2, 3, padding=1)
+        self.gate = nn.Sigmoid()
+
+    def forward(self, x):
+        return self.gate(self.conv(x))
+
+
+def test_unsupported_module_is_named():
+    with pytest.raises(SegscopeError, match=r"unsupported module 'gate' \(Sigmoid\)"):
+        lrp(_Attn().eval(), _image(8, 8), Concept.pixel(0, 1, 1))
+    seg = segscope.SegNet(3, width=1 / 32).eval()
+    seg.conv2_1.relu = nn.Tanh()
+    with pytest.raises(SegscopeError, match=r"'conv2_1.relu' \(Tanh\)"):
+        lrp(seg, _image(32, 32), Concept.pixel(0, 1, 1))
+
+
+# -- input errors ------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("image", "match"),
+    [
+        (torch.rand(1, 3, 32, 32), r"\(3,H,W\), got \(1, 3, 32, 32\)"),
+        (torch.rand(4, 32, 32), r"got \(4, 32, 32\)"),
+        (torch.zeros(3, 32, 32, dtype=torch.uint8), "float"),
+    ],
+)
+def test_bad_image(tiny_segnet, image, match):
+    with pytest.raises(SegscopeError, match=match):
+        lrp(tiny_segnet, image, Concept.pixel(0, 1, 1))
+
+
+def test_bad_requests(tiny_segnet):
+    img = _image(32, 32)
+    with pytest.raises(SegscopeError, match=r"unknown layer 'conv9_9' \(layers: data, conv1_1"):
+        lrp(tiny_segnet, img, Concept.pixel(0, 1, 1), keep=["conv9_9"])
+    with pytest.raises(SegscopeError, match="outside"):
+        lrp(tiny_segnet, img, Concept.pixel(0, 40, 1))
+    with pytest.raises(SegscopeError, match="no concept"):
+        lrp(tiny_segnet, img, [])
+    with pytest.raises(SegscopeError, match="selects no pixels"):
+        lrp(tiny_segnet, img, Concept.mask(0, torch.zeros(32, 32)))

@@ -1,0 +1,322 @@
+"""Training: exact resume, Ctrl-C, data order, schedules, DDP; ``train``/``predict``/``demo``."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from segscope import load_model, save_model
+from segscope.cli import main
+from segscope.data.classes import ROAD3_COLOURS
+from segscope.errors import SegscopeError
+from segscope.training import (
+    CHECKPOINT,
+    ResumableSampler,
+    TrainConfig,
+    learning_rate,
+    save_training_state,
+    train,
+)
+
+
+class Scenes(torch.utils.data.Dataset):
+    """Tiny deterministic road-like scenes: dark road below, a bright stripe on it."""
+
+    has_markings = True
+
+    def __init__(self, n: int, size=(32, 48), offset: int = 0, interrupt_at: int | None = None):
+        self.n, self.size, self.offset, self.interrupt_at = n, size, offset, interrupt_at
+        self.fetched = 0
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int):
+        self.fetched += 1
+        if self.interrupt_at is not None and self.fetched == self.interrupt_at:
+            os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C, mid-epoch
+        h, w = self.size
+        g = torch.Generator().manual_seed(1000 * self.offset + i)
+        image = torch.rand(3, h, w, generator=g) * 0.3 + 0.5
+        label = torch.zeros(h, w, dtype=torch.int64)
+        top = h // 3 + int(torch.randint(0, h // 4, (1,), generator=g))
+        label[top:] = 1
+        c = int(torch.randint(w // 4, 3 * w // 4, (1,), generator=g))
+        label[top:, c - 1:c + 2] = 2
+        image[:, label == 1] *= 0.3
+        image[:, label == 2] = 0.95
+        label[0, 0] = 255
+        return image, label
+
+
+def config(out: Path, **kw) -> TrainConfig:
+    base = dict(data=Scenes(10), val_data=Scenes(3, offset=1), out=str(out), width=0.0625,
+                iters=7, batch_size=2, val_every=3, log_every=2, quiet=True, seed=3)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_model(path)[0].state_dict()
+
+
+def _history(out: Path) -> list[dict]:
+    rows = json.loads((out / "metrics.json").read_text())
+    for r in rows:
+        r.pop("seconds")
+    return rows
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    wa, wb = _weights(a / "model.safetensors"), _weights(b / "model.safetensors")
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        assert torch.equal(wa[key], wb[key]), key  # bit for bit
+    assert _history(a) == _history(b)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """Uninterrupted runs, one per optimizer set-up."""
+    root = tmp_path_factory.mktemp("reference")
+    runs = {}
+    for name, kw in {"sgd": {}, "adam": dict(optimizer="adam", schedule="cosine", warmup=2,
+                                              lr=3e-3)}.items():
+        result = train(config(root / name, **kw))
+        assert result.step == 7 and not result.interrupted
+        runs[name] = (root / name, kw)
+    return runs
+
+
+@pytest.mark.parametrize("name,stop", [("sgd", 3), ("adam", 5)])
+def test_resume_is_bit_exact(reference, tmp_path, name, stop):
+    # 10 images, batch 2: 5 steps per epoch; stop mid-epoch (3) or on its boundary (5)
+    ref, kw = reference[name]
+    first = train(config(tmp_path, stop_after=stop, **kw))
+    assert first.interrupted and first.step == stop and first.model_path is None
+    assert not (tmp_path / "model.safetensors").exists()
+    assert load_model(tmp_path / CHECKPOINT)[1]["step"] == stop
+    resumed = train(TrainConfig(data=Scenes(10), val_data=Scenes(3, offset=1), out=str(tmp_path),
+                                resume=True, quiet=True))
+    assert resumed.step == 7 and not resumed.interrupted
+    assert_same_run(ref, tmp_path)
+
+
+def test_training_changes_the_model_and_learns_something(reference):
+    out, _ = reference["adam"]
+    rows = _history(out)
+    losses = [r["loss"] for r in rows]
+    assert losses[-1] < losses[0]
+    assert {r["step"] for r in rows} == {2, 3, 4, 6, 7}  # log_every 2, val_every 3, end
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["optimizer"] == "adam" and len(cfg["class_weights"]) == 3
+    # markings are rare -> the largest median-frequency weight
+    assert cfg["class_weights"][2] == max(cfg["class_weights"])
+    for f in ("model.safetensors", "best.safetensors", "metrics.csv", "curves.png"):
+        assert (out / f).stat().st_size > 0
+    csv = (out / "metrics.csv").read_text().splitlines()
+    assert csv[0].startswith("step,epoch,lr,loss") and "val_iou_markings" in csv[0]
+    assert len(csv) == 6
+
+
+def test_ctrl_c_saves_a_checkpoint_and_resume_is_exact(reference, tmp_path):
+    ref, _ = reference["sgd"]
+    cfg = config(tmp_path, data=Scenes(10, interrupt_at=19))  # 10 fetches: weights; 19: batch 5
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg)
+    step = load_model(tmp_path / CHECKPOINT)[1]["step"]
+    assert step == 5  # the step in flight finishes, then the checkpoint is written
+    train(TrainConfig(data=Scenes(10), val_data=Scenes(3, offset=1), out=str(tmp_path),
+                      resume=True, quiet=True))
+    assert_same_run(ref, tmp_path)
+
+
+def test_resume_needs_matching_checkpoint_files(reference, tmp_path):
+    with pytest.raises(SegscopeError, match="nothing to resume"):
+        train(config(tmp_path, resume=True))
+    ref, _ = reference["sgd"]
+    shutil.copytree(ref, tmp_path / "run")
+    model, _ = load_model(ref / "model.safetensors")
+    save_model(model, tmp_path / "run" / CHECKPOINT, step=2)  # model file from another step
+    with pytest.raises(SegscopeError, match="different steps"):
+        train(config(tmp_path / "run", resume=True))
+
+
+def test_sampler_order_depends_on_seed_and_epoch_only():
+    data = list(range(11))
+    a = ResumableSampler(data, seed=5)
+    a.set_epoch(2)
+    full = list(a)
+    assert sorted(full) == data
+    b = ResumableSampler(data, seed=5)
+    b.set_epoch(2)
+    b.start = 4
+    assert list(b) == full[4:] and len(b) == 7
+    a.set_epoch(3)
+    assert list(a) != full
+    shards = []
+    for rank in range(2):
+        s = ResumableSampler(data, num_replicas=2, rank=rank, seed=5)
+        s.set_epoch(2)
+        shards.append(list(s))
+    assert set(shards[0]) | set(shards[1]) == set(data)  # 12 slots: one image repeated
+    assert len(shards[0]) == len(shards[1]) == 6
+
+
+def test_learning_rate_schedules():
+    c = TrainConfig(lr=0.1, schedule="cosine", warmup=4)
+    assert [learning_rate(c, s, 104) for s in range(4)] == pytest.approx([0.025, 0.05, 0.075, 0.1])
+    assert learning_rate(c, 54, 104) == pytest.approx(0.05)
+    assert learning_rate(c, 104, 104) == pytest.approx(0.0)
+    c = TrainConfig(lr=0.1, schedule="poly")
+    assert learning_rate(c, 50, 100) == pytest.approx(0.1 * 0.5 ** 0.9)
+    assert learning_rate(TrainConfig(lr=0.1), 99, 100) == 0.1
+
+
+def test_optimizer_state_round_trips_without_pickle(tmp_path):
+    from segscope import SegNet
+    from segscope.training import _optimizer_from_flat, load_training_state, make_optimizer
+
+    model = SegNet(width=0.0625)
+    opt = make_optimizer(model.parameters(), TrainConfig(optimizer="adam"))
+    model(torch.rand(1, 3, 32, 32)).sum().backward()
+    opt.step()
+    save_training_state(tmp_path, model, opt, {"step": 1, "config": {}})
+    header, tensors = load_training_state(tmp_path)
+    fresh = make_optimizer(model.parameters(), TrainConfig(optimizer="adam"))
+    _optimizer_from_flat(fresh, tensors, header["optimizer"])
+    for p in model.parameters():
+        for key in ("exp_avg", "exp_avg_sq", "step"):
+            assert torch.equal(fresh.state[p][key], opt.state[p][key])
+
+
+def test_bad_configs():
+    for kw, match in [(dict(iters=None), "--iters"), (dict(iters=2, epochs=1), "either"),
+                      (dict(iters=0), "at least 1"), (dict(optimizer="rmsprop"), "optimizer"),
+                      (dict(data=Scenes(1)), "fewer than one batch")]:
+        with pytest.raises(SegscopeError, match=match):
+            train(config(Path("/nonexistent/never-written"), **kw))
+
+
+# -- command line ------------------------------------------------------------------------
+def run(args: list[str]) -> int:
+    try:
+        main(args)
+    except SystemExit as exc:
+        return 0 if exc.code is None else int(exc.code)
+    return 0
+
+
+def camvid_folder(root: Path, n: int = 4, size=(32, 48)) -> Path:
+    """A CamVid-layout folder (11-class ids: 3 road, 1 building, 11 unlabelled)."""
+    for split in ("train", "val"):
+        (root / split).mkdir(parents=True)
+        (root / f"{split}annot").mkdir()
+        for i in range(n):
+            image, label = Scenes(n, size, offset=7)[i]
+            lab = np.where(label.numpy() >= 1, 3, 1).astype(np.uint8)
+            lab[0, :3] = 11
+            Image.fromarray((image.permute(1, 2, 0).numpy() * 255).astype(np.uint8)).save(
+                root / split / f"s{i}.png")
+            Image.fromarray(lab).save(root / f"{split}annot" / f"s{i}.png")
+    return root
+
+
+def test_train_cli_writes_outputs_and_guards_resume(tmp_path, capsys):
+    data = camvid_folder(tmp_path / "camvid")
+    out = tmp_path / "run"
+    args = ["train", "--data", str(data), "--val-data", str(data), "--width", "0.0625",
+            "--iters", "3", "--batch-size", "2", "--out", str(out), "--quiet", "--seed", "1"]
+    assert run(args) == 0
+    for name in ("model.safetensors", "best.safetensors", "checkpoint.safetensors",
+                 "checkpoint.state.safetensors", "metrics.csv", "metrics.json", "curves.png",
+                 "config.json"):
+        assert (out / name).is_file(), name
+    model, meta = load_model(out / "model.safetensors")
+    assert meta["step"] == 3 and model.width == 0.0625
+    # CamVid has no markings: validation is on the road surface
+    assert set(meta["val_metrics"]["iou"]) == {"background", "road surface"}
+    capsys.readouterr()
+    assert run(["train", "--resume", "--out", str(out), "--iters", "5", "-q"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--iters 5 differs" in err[0]
+    assert run(["train", "--resume", "--out", str(tmp_path / "empty"), "-q"]) == 2
+    assert "nothing to resume" in capsys.readouterr().err
+    assert run(["train", "--data", "synthetic:4:nosuchpreset", "--iters", "1",
+                "--out", str(tmp_path / "x"), "-q"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_train_cli_ctrl_c_exits_130(tmp_path, monkeypatch, capsys):
+    import segscope.training
+
+    def interrupted(config):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(segscope.training, "train", interrupted)
+    assert run(["train", "--iters", "1", "--out", str(tmp_path), "-q"]) == 130
+    assert "interrupted" in capsys.readouterr().err
+
+
+def test_predict_cli(tiny_segnet, tmp_path, capsys):
+    ckpt = save_model(tiny_segnet, tmp_path / "m.safetensors")
+    data = camvid_folder(tmp_path / "camvid", n=2)
+    out = tmp_path / "pred"
+    assert run(["predict", "-c", str(ckpt), str(data / "val"), str(data / "train" / "s0.png"),
+                "--out", str(out), "-q"]) == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted(f"{s}_{k}.png" for s in ("s0", "s1", "s0_2")
+                           for k in ("pred", "overlay", "labels"))
+    image = torch.from_numpy(np.asarray(Image.open(data / "val" / "s1.png"), np.float32) / 255)
+    with torch.no_grad():
+        expected = tiny_segnet(image.permute(2, 0, 1)[None])[0].argmax(0).numpy()
+    labels = np.asarray(Image.open(out / "s1_labels.png"))
+    assert np.array_equal(labels, expected)
+    colours = np.asarray(Image.open(out / "s1_pred.png"))
+    assert np.array_equal(colours, np.asarray(ROAD3_COLOURS, np.uint8)[expected])
+    over = np.asarray(Image.open(out / "s1_overlay.png")).astype(float)
+    blend = 0.5 * image.numpy() * 255 + 0.5 * colours
+    assert np.abs(over - blend).max() <= 1.0
+    # bad inputs: one line, exit 2
+    (tmp_path / "empty").mkdir()
+    for args in (["predict", "-c", str(ckpt), str(tmp_path / "empty"), "--out", str(out)],
+                 ["predict", "-c", str(tmp_path / "no.safetensors"), str(data / "val"),
+                  "--out", str(out)],
+                 ["predict", "-c", str(ckpt), str(tmp_path / "missing.png"), "--out", str(out)]):
+        capsys.readouterr()
+        assert run(args) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("segscope: error:")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("SEGSCOPE_SKIP_DDP") == "1", reason="SEGSCOPE_SKIP_DDP=1")
+def test_ddp_two_processes_with_gloo(tmp_path):
+    """torchrun, world size 2 on CPU: both ranks train on their shard, rank 0 writes."""
+    pytest.importorskip("torch.distributed.run")
+    data = camvid_folder(tmp_path / "camvid", n=4)
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+           "--master_port=0", "-m", "segscope", "train", "--data", str(data),
+           "--val-data", str(data), "--width", "0.0625", "--iters", "2", "--batch-size", "1",
+           "--device", "cpu", "--out", str(out), "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["world_size"] == 2
+    model, meta = load_model(out / "model.safetensors")
+    assert meta["step"] == 2
+    # validation summed over both ranks' shards: all 4 images' labelled pixels
+    assert meta["val_metrics"]["total_pixels"] == 4 * (32 * 48 - 3)
+    assert not list(out.glob(".*.tmp"))
