@@ -152,6 +152,11 @@ def run_study(
     meta: dict[str, Any] = {}
     if model is None:
         model, meta = _load(checkpoint)
+    trained_size = _train_config(meta).get("size")
+    if cfg.size is None and isinstance(trained_size, list | tuple) and len(trained_size) == 2:
+        # Images at the scale the model was trained on, unless asked otherwise.
+        cfg.size = (int(trained_size[0]), int(trained_size[1]))
+        cfg.real_size = cfg.real_size or cfg.size
     model = model.to(device).eval()
     names = list(model.class_names)
     _check_names(model, cfg)
@@ -544,11 +549,26 @@ def _progress(total: int, quiet: bool):
                 disable=quiet or not sys.stderr.isatty(), leave=False)
 
 
+def _train_config(meta: dict[str, Any]) -> dict[str, Any]:
+    cfg = meta.get("train_config") if isinstance(meta, dict) else None
+    return cfg if isinstance(cfg, dict) else {}
+
+
 def _default_synthetic(meta: dict[str, Any]) -> str:
-    cfg = meta.get("config") if isinstance(meta, dict) else None
-    spec = cfg.get("val_data") if isinstance(cfg, dict) else None
-    if isinstance(spec, str) and spec.startswith("synthetic:"):
-        return spec
+    """The checkpoint's synthetic validation data; else 8 scenes of its training preset
+    with the next seed (never training scenes); else :data:`DEFAULT_SYNTHETIC`."""
+    cfg = _train_config(meta)
+    val, data = cfg.get("val_data"), cfg.get("data")
+    if isinstance(val, str) and val.startswith("synthetic:"):
+        return val
+    if isinstance(data, str) and data.startswith("synthetic:"):
+        parts = data.split(":")
+        preset = parts[2] if len(parts) > 2 and parts[2] else "narrow"
+        try:
+            seed = int(parts[3]) if len(parts) > 3 else 0
+        except ValueError:
+            return DEFAULT_SYNTHETIC
+        return f"synthetic:8:{preset}:{seed + 1}"
     return DEFAULT_SYNTHETIC
 
 

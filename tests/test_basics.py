@@ -22,6 +22,15 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
 
 
+def test_atomic_write_gives_ordinary_file_mode(tmp_path):
+    import os
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    path = write_json(tmp_path / "x.json", [1])
+    assert oct(path.stat().st_mode & 0o777) == oct(0o666 & ~mask)
+
+
 def test_heatmap_scale_is_symmetric_blue_white_red():
     r = np.array([[-2.0, -1.0, 0.0, 1.0, 2.0]])
     rgb = heatmap_rgb(r)

@@ -71,6 +71,16 @@ def test_conservation_with_biases_is_accounted_for(tiny_segnet):
     assert _rel(e.input_total + lost + e.dropped, e.output_total) < 1e-5
 
 
+def test_relevance_on_padding_is_dropped_and_reported(tiny_segnet):
+    img = _image(40, 56)  # padded to 64x64: z^B sends relevance to the padded pixels
+    e = lrp(tiny_segnet, img, Concept.pixel("road", 38, 54), rule={"first": "zbox"})
+    assert e.input.shape == (3, 40, 56)
+    assert abs(e.dropped) > 1e-6 * abs(e.output_total)
+    total = e.input_total + sum(e.absorbed.values()) + e.dropped
+    assert _rel(total, e.output_total) < 1e-5
+    assert lrp(tiny_segnet, img, Concept.pixel("road", 38, 54)).dropped == 0.0
+
+
 def test_absorbed_at_output_layer_is_the_bias_share(tiny_segnet):
     """Σ_j R_j b_j⁺ / z_j⁺ at conv1_1_D, recomputed from a hooked forward pass."""
     img = _image(32, 32)
@@ -250,6 +260,24 @@ def test_separate_features_linearity(tiny_segnet):
     assert float(fs.pixels[3].abs().max()) > 0
     torch.testing.assert_close(fs.pixels[3], single.pixels[0], rtol=1e-5, atol=1e-6 * scale)
     torch.testing.assert_close(fs.totals, e.layers["conv2_1"].double().sum((1, 2)).float())
+
+
+def test_separate_features_reuses_the_forward_pass(tiny_segnet, monkeypatch):
+    import importlib
+
+    engine = importlib.import_module("segscope.explain.lrp")  # the module, not lrp()
+
+    img = _image(32, 32)
+    e = lrp(tiny_segnet, img, Concept.pixel("road", 3, 3), keep=["conv1_2"])
+
+    def fail(*args, **kwargs):
+        raise AssertionError("forward pass recomputed")
+
+    monkeypatch.setattr(engine, "forward_state", fail)
+    fs = separate_features(tiny_segnet, img.clone(), e, "conv1_2", channels=[1])
+    assert fs.pixels.shape == (1, 32, 32)
+    with pytest.raises(AssertionError, match="recomputed"):
+        separate_features(tiny_segnet, img + 0.01, e, "conv1_2", channels=[1])
 
 
 def test_separate_features_without_kept_layer_and_at_a_pool(tiny_segnet):

@@ -208,3 +208,15 @@ def test_demo_step_falls_back_to_a_predicted_class(tmp_path, one_thread):
     assert any("no true positives of 'road'" in n for n in summary["notes"])
     # Road and markings have no true positives: the class comparison used their labels.
     assert "labelled pixels" in summary["class_comparison"]["concepts"]["road"]
+
+
+def test_default_synthetic_data_is_never_training_data():
+    from segscope.study import DEFAULT_SYNTHETIC, _default_synthetic
+
+    assert _default_synthetic({}) == DEFAULT_SYNTHETIC
+    assert _default_synthetic({"train_config": {"data": "synthetic:2000"}}) == \
+        "synthetic:8:narrow:1"
+    assert _default_synthetic({"train_config": {"data": "synthetic:50:randomized:5"}}) == \
+        "synthetic:8:randomized:6"
+    assert _default_synthetic({"train_config": {"data": "/data/x", "val_data":
+                                                "synthetic:9:narrow:3"}}) == "synthetic:9:narrow:3"

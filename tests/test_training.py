@@ -320,3 +320,39 @@ def test_ddp_two_processes_with_gloo(tmp_path):
     # validation summed over both ranks' shards: all 4 images' labelled pixels
     assert meta["val_metrics"]["total_pixels"] == 4 * (32 * 48 - 3)
     assert not list(out.glob(".*.tmp"))
+
+
+def test_demo_quick_end_to_end(tmp_path, capsys):
+    real = camvid_folder(tmp_path / "camvid", n=3, size=(48, 64))
+    out = tmp_path / "demo"
+    assert run(["demo", "--quick", "--out", str(out), "--real", str(real), "--device", "cpu",
+                "-q"]) == 0
+    printed = capsys.readouterr().out
+    assert "synthetic val" in printed and "road surface" in printed
+    s = json.loads((out / "summary.json").read_text())
+    assert s["quick"] is True and s["device"] == "cpu"
+    assert {"data", "train", "evaluate", "real", "predictions"} <= set(s["timings"])
+    assert all(t >= 0 for t in s["timings"].values())
+    assert s["total_seconds"] >= sum(s["timings"].values()) - 0.1
+    val = s["synthetic_val"]
+    assert set(val["iou"]) == {"background", "road", "markings"}
+    for v in [val["global_accuracy"], val["miou"], *val["iou"].values()]:
+        assert v is None or 0.0 <= v <= 1.0
+    assert set(s["bar"]) == {"road_iou>=0.9", "markings_iou>=0.6"}
+    assert s["bar"]["road_iou>=0.9"] == ((val["iou"]["road"] or 0) >= 0.9)
+    assert s["real"]["scored_on"] == "road surface" and s["real"]["images"] == 3
+    assert set(s["real"]["iou"]) == {"background", "road surface"}
+    assert s["real"]["size"] == [72, 96]  # training width 96, CamVid aspect 3:4
+    assert s["train"]["iterations"] == 8
+    assert (out / "train" / "model.safetensors").is_file()
+    assert (out / "train" / "curves.png").is_file()
+    assert len(list((out / "predictions").glob("*.png"))) == 4
+    assert (out / "synthetic-sample" / "contact_sheet.png").is_file()
+
+
+def test_demo_bad_input(tmp_path, capsys):
+    assert run(["demo", "--quick", "--out", str(tmp_path / "d"), "--real",
+                str(tmp_path / "nowhere"), "-q"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+    (tmp_path / "file").write_text("x")
+    assert run(["demo", "--quick", "--out", str(tmp_path / "file"), "-q"]) == 2

@@ -12,7 +12,8 @@ from ._options import device_option, parse_size
               help="Model file written by segscope train.")
 @click.option("--synthetic", default=None,
               help="Synthetic validation data: synthetic:N[:PRESET[:SEED]] or a segscope "
-                   "synth folder (default: the checkpoint's validation data, else "
+                   "synth folder (default: the checkpoint's synthetic validation data, "
+                   "else 8 scenes of its training preset with the next seed, else "
                    "synthetic:8:narrow:1).")
 @click.option("--real", default=None, type=click.Path(),
               help="A real dataset folder (CamVid, Mapillary, ...): the study explains the "
@@ -36,7 +37,9 @@ from ._options import device_option, parse_size
               help="Synthetic images tried for the one explained [4; quick 2].")
 @click.option("--channels", type=int, default=None,
               help="Features separated, the top ones by feature value [all; quick 16].")
-@click.option("--size", default=None, help="Resize every image to HxW.")
+@click.option("--size", default=None,
+              help="Resize every image to HxW (default: the training size recorded in the "
+                   "checkpoint, else each image's own).")
 @click.option("--out", "-o", type=click.Path(), default="segscope-study", show_default=True,
               help="Output folder.")
 @click.option("--quick", is_flag=True, help="Fewer images, pixels and features.")

@@ -16,6 +16,9 @@ from .concepts import Concept
 _LAZY = {
     "lrp": "segscope.explain.lrp",
     "separate_features": "segscope.explain.lrp",
+    "propagate": "segscope.explain.lrp",
+    "forward_state": "segscope.explain.lrp",
+    "Explanation": "segscope.explain.lrp",
     "gradcam": "segscope.explain.gradcam",
     "gradcam_layers": "segscope.explain.gradcam",
     "receptive_field": "segscope.explain.receptive",
