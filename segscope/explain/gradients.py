@@ -23,6 +23,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -414,7 +415,7 @@ def activation_maximization(
 
     Returns an :class:`Attribution` whose ``.input`` is the prototype image (3,H,W),
     ``.pixels`` its channel sum, ``.extras["history"]`` the objective J per accepted step
-    (the start included).
+    (the start included, a float64 array).
     """
     if steps < 0:
         raise SegscopeError(f"steps must be non-negative, got {steps}")
@@ -492,5 +493,5 @@ def activation_maximization(
     bar.close()
     return Attribution(
         "actmax", x.sum(0), x, label,
-        {"history": history, "image": x, "lr": lr, "l2": l2, "seed": seed},
+        {"history": np.array(history), "image": x, "lr": lr, "l2": l2, "seed": seed},
     )
