@@ -54,6 +54,7 @@ class DemoOptions:
     val_every: int = 100
     real_limit: int | None = None
     n_predictions: int = 4
+    threads: int | None = None
     quick: bool = False
     quiet: bool = False
 
@@ -286,6 +287,42 @@ def format_summary(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def choose_threads(options: DemoOptions, candidates: Sequence[int] | None = None) -> int:
+    """The faster of 1 and all CPU threads for this demo's training step, by a short probe.
+
+    On a busy machine several threads of one process wait for each other at every
+    parallel region and a step can take ten times longer than on one thread; on an idle
+    machine all threads win. Timing two steps of each settles it (about a second).
+    """
+    from .models import SegNet
+
+    most = torch.get_num_threads()
+    candidates = list(candidates or sorted({1, most}))
+    if len(candidates) == 1:
+        return candidates[0]
+    model = SegNet(width=options.width)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-4)
+    x = torch.rand(options.batch_size, 3, *options.size)
+    y = torch.randint(0, 3, (options.batch_size, *options.size))
+    best, best_t = most, float("inf")
+    try:
+        for n in candidates:
+            torch.set_num_threads(n)
+            times = []
+            for _ in range(3):  # the first one warms up
+                t = time.perf_counter()
+                loss = torch.nn.functional.cross_entropy(model(x), y)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                times.append(time.perf_counter() - t)
+            if min(times[1:]) < best_t:
+                best, best_t = n, min(times[1:])
+    finally:
+        torch.set_num_threads(most)
+    return best
+
+
 def run_demo(options: DemoOptions, steps: Sequence[tuple[str, Step]] | None = None,
              ) -> dict[str, Any]:
     """Run the demo steps into ``options.out``; writes and returns ``summary.json``."""
@@ -297,6 +334,18 @@ def run_demo(options: DemoOptions, steps: Sequence[tuple[str, Step]] | None = No
         raise SegscopeError(f"--out {out} exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
     ctx = DemoContext(options=options, out=out, device=resolve_device(options.device))
+    threads_before = torch.get_num_threads()
+    if ctx.device.type == "cpu":
+        threads = options.threads or choose_threads(options)
+        torch.set_num_threads(threads)
+    try:
+        return _run_steps(ctx, STEPS if steps is None else steps, t0)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _run_steps(ctx: DemoContext, steps: Sequence[tuple[str, Step]], t0: float) -> dict:
+    options, out = ctx.options, ctx.out
     torch.manual_seed(options.seed)
     ctx.summary.update({
         "segscope_demo": 1,
@@ -307,7 +356,7 @@ def run_demo(options: DemoOptions, steps: Sequence[tuple[str, Step]] | None = No
         "threads": torch.get_num_threads(),
         "timings": {},
     })
-    for name, step in (STEPS if steps is None else steps):
+    for name, step in steps:
         t = time.perf_counter()
         step(ctx)
         ctx.summary["timings"][name] = round(time.perf_counter() - t, 2)

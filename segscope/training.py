@@ -610,7 +610,10 @@ def _run(config: TrainConfig, d: _Dist, out: Path, header: dict | None,
     step, epoch, in_epoch = p.get("step", 0), p.get("epoch", 0), p.get("batch_in_epoch", 0)
     history: list[dict] = p.get("history", [])
     best = p.get("best_miou")
-    loss_sum, loss_count = p.get("loss_sum", 0.0), p.get("loss_count", 0)
+    # The loss of the current logging window is summed on the device and read back only
+    # when it is logged, so that a CUDA step never waits for the host.
+    loss_sum = torch.tensor(p.get("loss_sum", 0.0), dtype=torch.float64, device=d.device)
+    loss_count = p.get("loss_count", 0)
     elapsed_before = p.get("seconds", 0.0)
     val_metrics = p.get("val_metrics")
 
@@ -621,7 +624,7 @@ def _run(config: TrainConfig, d: _Dist, out: Path, header: dict | None,
 
     def progress() -> dict[str, Any]:
         return {"step": step, "epoch": epoch, "batch_in_epoch": in_epoch, "history": history,
-                "best_miou": best, "loss_sum": loss_sum, "loss_count": loss_count,
+                "best_miou": best, "loss_sum": float(loss_sum), "loss_count": loss_count,
                 "seconds": elapsed_before + time.perf_counter() - t0,
                 "val_metrics": val_metrics, "class_weights": weights.tolist(),
                 "config": config.to_json(), "total_steps": total}
@@ -651,23 +654,24 @@ def _run(config: TrainConfig, d: _Dist, out: Path, header: dict | None,
                     for group in optimizer.param_groups:
                         group["lr"] = learning_rate(config, step, total)
                     loss = step_fn(images, labels)
-                    loss_sum += float(loss)
+                    loss_sum += loss
                     loss_count += 1
                     step += 1
                     in_epoch += 1
                     if in_epoch >= steps_per_epoch:
                         epoch, in_epoch = epoch + 1, 0
                     bar.update(1)
-                    bar.set_postfix(loss=f"{loss_sum / loss_count:.4f}", refresh=False)
                     do_log = step % max(1, config.log_every) == 0 or step == total
                     do_val = val_set is not None and (
                         (config.val_every and step % config.val_every == 0) or step == total)
                     if do_log or do_val:
                         record = {"step": step, "epoch": epoch + in_epoch / steps_per_epoch,
                                   "lr": optimizer.param_groups[0]["lr"],
-                                  "loss": loss_sum / loss_count if loss_count else None,
+                                  "loss": float(loss_sum) / loss_count if loss_count else None,
                                   "seconds": round(elapsed_before + time.perf_counter() - t0, 3)}
-                        loss_sum, loss_count = 0.0, 0
+                        bar.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
+                        loss_sum.zero_()
+                        loss_count = 0
                         if do_val:
                             val_metrics = validate()
                             record.update({

@@ -306,8 +306,8 @@ def test_ddp_two_processes_with_gloo(tmp_path):
     pytest.importorskip("torch.distributed.run")
     data = camvid_folder(tmp_path / "camvid", n=4)
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-           "--master_port=0", "-m", "segscope", "train", "--data", str(data),
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "segscope", "train", "--data", str(data),
            "--val-data", str(data), "--width", "0.0625", "--iters", "2", "--batch-size", "1",
            "--device", "cpu", "--out", str(out), "--quiet"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

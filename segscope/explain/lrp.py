@@ -392,8 +392,8 @@ def _backward_node(state: ForwardState, i: int, node: Node, r: Any) -> list[tupl
             else:
                 part = op.back(r if t.s is None else r * t.s, t.wb)
             if t.a is not None:
-                part = part * t.a
-            out = part if out is None else out + part
+                part.mul_(t.a)  # part is a fresh conv output: no new allocation
+            out = part if out is None else out.add_(part)
         return [(src[0], out)]
     if kind == "maxpool":
         idx = state.indices[i]
