@@ -20,7 +20,7 @@ import torch
 
 import segscope
 from segscope.explain import Concept, gradcam, gradcam_layers
-from segscope.explain.gradcam import cam_weights, gradcam_maps, upsample
+from segscope.explain.cam import cam_weights, gradcam_maps, upsample
 
 
 def median_times(fns: dict, repeats: int) -> dict[str, float]:

@@ -181,7 +181,7 @@ def main() -> None:
 
 
 def _pixels_from(model, image, e):
-    from segscope.explain.lrp import _layer_relevance, propagate
+    from segscope.explain.relevance import _layer_relevance, propagate
 
     node = e.state.graph.layer_node("conv2_1")
     rel = _layer_relevance(e.state, e.initial, node)

@@ -175,7 +175,7 @@ def run_study(
         bar.set_description(name)
 
     from .explain import Concept, lrp, separate_features
-    from .explain.lrp import forward_state
+    from .explain.relevance import forward_state
     from .viz import figures as F
 
     # 1. images ----------------------------------------------------------------------------

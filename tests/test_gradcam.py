@@ -9,7 +9,7 @@ from torch import nn
 
 from segscope import SegscopeError
 from segscope.explain import Concept, gradcam, gradcam_layers
-from segscope.explain.gradcam import gradcam_maps
+from segscope.explain.cam import gradcam_maps
 
 
 def _numpy_conv(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:

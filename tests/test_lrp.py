@@ -12,7 +12,7 @@ import segscope
 from segscope.errors import SegscopeError
 from segscope.explain import Concept, lrp, separate_features
 from segscope.explain.graph import build_graph, fold_bn
-from segscope.explain.lrp import forward_state, propagate
+from segscope.explain.relevance import forward_state, propagate
 
 
 @pytest.fixture(autouse=True)
@@ -265,7 +265,7 @@ def test_separate_features_linearity(tiny_segnet):
 def test_separate_features_reuses_the_forward_pass(tiny_segnet, monkeypatch):
     import importlib
 
-    engine = importlib.import_module("segscope.explain.lrp")  # the module, not lrp()
+    engine = importlib.import_module("segscope.explain.relevance")  # the module, not lrp()
 
     img = _image(32, 32)
     e = lrp(tiny_segnet, img, Concept.pixel("road", 3, 3), keep=["conv1_2"])

@@ -194,7 +194,7 @@ def test_rule_per_layer(tiny_segnet):
     assert not torch.allclose(mixed.input, plain.input)
     torch.testing.assert_close(named.input, mixed.input)
     # ... and the pixel layer maps conv1_1's relevance by z^B (checked in matrix form above).
-    from segscope.explain.lrp import propagate
+    from segscope.explain.relevance import propagate
 
     alone = propagate(tiny_segnet, img, "conv1_1", mixed.layers["conv1_1"], rule="zbox")
     torch.testing.assert_close(alone.input[0], mixed.input)

@@ -157,7 +157,7 @@ def _parse_keep(text: str):
 def _run_lrp(model, image, concept, rule, keep, out_dir, quiet) -> None:
     import numpy as np
 
-    from ..explain.lrp import lrp
+    from ..explain.relevance import lrp
 
     e = lrp(model, image, concept, rule=_parse_rule(rule), keep=_parse_keep(keep))
     arrays = {

@@ -42,7 +42,7 @@ def attribute(
         eq 7.15), ``sensitivity`` (eq 5.2), ``gradxinput`` (eq 5.6), ``deconvnet``,
         ``guided`` (fig 5.4), ``actmax`` (eq 5.1).
     layer
-        Grad-CAM's layer (default :data:`segscope.explain.gradcam.DEFAULT_LAYER`,
+        Grad-CAM's layer (default :data:`segscope.explain.cam.DEFAULT_LAYER`,
         ``conv5_1_D``); for ``actmax`` with ``channel``, the layer of that channel.
     root
         Root point of ``gradxinput`` (a number or a (3,H,W) tensor; default 0).
@@ -61,7 +61,7 @@ def attribute(
     if (method != "actmax" or channel is None) and not isinstance(concept, Concept):
         raise SegscopeError(f"method {method!r} needs a concept (a pixel, mask, ...)")
     if method in ("gradcam", "gradcam-rf"):
-        from .gradcam import DEFAULT_LAYER, gradcam_maps
+        from .cam import DEFAULT_LAYER, gradcam_maps
 
         name = DEFAULT_LAYER if layer is None else layer
         rf = method == "gradcam-rf"
