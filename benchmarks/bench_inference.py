@@ -22,9 +22,12 @@ def main() -> None:
     p.add_argument("--size", default="360x480")
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args()
     h, w = (int(v) for v in args.size.split("x"))
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     print(f"{h}x{w}, batch 1, {args.device}, {torch.get_num_threads()} threads, "
           f"median of {args.runs}")

@@ -30,7 +30,7 @@ def bare_step(model, optimizer, weight, images, labels) -> float:
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    return float(loss)
+    return float(loss.detach())
 
 
 def sgd(model):
@@ -51,17 +51,24 @@ def measure(args, channels_last: bool, bf16: bool) -> tuple[float, float]:
     images = torch.rand(args.batch, 3, h, w)
     labels = torch.randint(0, 3, (args.batch, h, w))
     t_ours, t_bare = [], []
-    for i in range(args.warmup + args.steps):
+    def timed(fn) -> float:
         t = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t
+
+    def run_ours():
         float(step(images, labels))
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        a = time.perf_counter() - t
-        t = time.perf_counter()
+
+    def run_bare():
         bare_step(bare, opt_bare, weight, images.to(device), labels.to(device))
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        b = time.perf_counter() - t
+
+    for i in range(args.warmup + args.steps):
+        if i % 2:
+            b, a = timed(run_bare), timed(run_ours)
+        else:
+            a, b = timed(run_ours), timed(run_bare)
         if i >= args.warmup:
             t_ours.append(a)
             t_bare.append(b)
@@ -76,17 +83,20 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=5, help="timed steps (median)")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--variants", default="default,channels_last,bf16",
-                   help="comma list of default, channels_last, bf16")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+    p.add_argument("--variants", default="default,channels_last,bf16,channels_last+bf16",
+                   help="comma list of default, channels_last, bf16, channels_last+bf16")
     args = p.parse_args()
     args.size = tuple(int(v) for v in args.size.split("x"))
+    if args.threads:
+        torch.set_num_threads(args.threads)
     print(f"SegNet width {args.width}, batch {args.batch} x {args.size[0]}x{args.size[1]}, "
           f"{args.device}, {torch.get_num_threads()} threads, median of {args.steps} steps")
     print(f"{'variant':<16}{'segscope ms':>13}{'bare ms':>10}{'ratio':>8}")
     results = {}
     for variant in args.variants.split(","):
-        ours, bare = measure(args, channels_last=variant == "channels_last",
-                             bf16=variant == "bf16")
+        ours, bare = measure(args, channels_last="channels_last" in variant,
+                             bf16="bf16" in variant)
         results[variant] = ours
         print(f"{variant:<16}{1000 * ours:>13.1f}{1000 * bare:>10.1f}{ours / bare:>8.3f}")
     if "default" in results:

@@ -39,18 +39,21 @@ class DemoOptions:
     seed: int = 0
     preset: str = "narrow"
     size: tuple[int, int] = (128, 192)
-    width: float = 0.125
-    n_train: int = 1000
+    width: float = 0.25
+    n_train: int = 800
     n_val: int = 100
     n_monitor: int = 24
-    iters: int = 600
+    iters: int = 400
     batch_size: int = 8
     optimizer: str = "adam"
     lr: float = 3e-3
     weight_decay: float = 0.0
     schedule: str = "cosine"
     warmup: int = 20
-    class_weights: str = "median"
+    # The square root of the median-frequency weights: markings still count ~5x, with
+    # fewer false positives than the full weights (markings IoU is the harder half of
+    # the bar).
+    class_weights: str = "sqrt"
     val_every: int = 100
     real_limit: int | None = None
     n_predictions: int = 4

@@ -169,7 +169,7 @@ def test_evaluate_cli_table_and_out(tiny_checkpoint, tmp_path, capsys):
     assert saved["images"] == 1 and saved["total_pixels"] == 32 * 48 - 4
 
 
-@pytest.mark.parametrize("case", ["missing", "not_a_model", "bad_data"])
+@pytest.mark.parametrize("case", ["missing", "not_a_model", "bad_data", "five_classes"])
 def test_evaluate_cli_bad_input(tiny_checkpoint, tmp_path, capsys, case):
     data = camvid_folder(tmp_path / "camvid", n=1)
     ckpt = str(tiny_checkpoint)
@@ -177,6 +177,8 @@ def test_evaluate_cli_bad_input(tiny_checkpoint, tmp_path, capsys, case):
         ckpt = str(tmp_path / "nope.safetensors")
     elif case == "not_a_model":
         ckpt = str(data / "val" / "f0.png")
+    elif case == "five_classes":
+        ckpt = str(save_model(SegNet(num_classes=5, width=0.0625), tmp_path / "k5.safetensors"))
     args = ["evaluate", "-c", ckpt, "--data",
             str(tmp_path / "nowhere") if case == "bad_data" else str(data), "-q"]
     assert run(args) == 2

@@ -311,8 +311,16 @@ def test_ddp_two_processes_with_gloo(tmp_path):
            "--val-data", str(data), "--width", "0.0625", "--iters", "2", "--batch-size", "1",
            "--device", "cpu", "--out", str(out), "--quiet"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    # a session of its own, so that a hang can be ended with all of torchrun's workers
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env, start_new_session=True)
+    try:
+        _, stderr = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail("torchrun did not finish within 120 s")
+    assert proc.returncode == 0, stderr[-2000:]
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["world_size"] == 2
     model, meta = load_model(out / "model.safetensors")

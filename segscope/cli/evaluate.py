@@ -35,6 +35,7 @@ def evaluate(checkpoint, data, split, size, limit, batch_size, workers, out, as_
 
     from .._io import write_json
     from ..checkpoint import load_model
+    from ..data.classes import ROAD3
     from ..data.real import open_dataset
     from ..errors import SegscopeError
     from ..metrics import format_metrics
@@ -43,6 +44,11 @@ def evaluate(checkpoint, data, split, size, limit, batch_size, workers, out, as_
 
     dev = resolve_device(device)
     model, meta = load_model(checkpoint, map_location=dev)
+    if tuple(model.class_names) != tuple(ROAD3):
+        raise SegscopeError(
+            f"{checkpoint} predicts {len(model.class_names)} classes "
+            f"({', '.join(model.class_names)}); datasets are scored on ROAD3 "
+            f"({', '.join(ROAD3)})")
     dataset = open_dataset(data, split=split, size=parse_size(size) if size else None,
                            limit=limit)
     if len(dataset) == 0:

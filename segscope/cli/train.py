@@ -56,10 +56,12 @@ _FIXED = ("data", "val_data", "size", "limit", "val_limit", "width", "iters", "e
 @device_option
 @click.option("--workers", type=int, default=0, show_default=True,
               help="DataLoader worker processes (persistent, prefetching).")
-@click.option("--channels-last/--no-channels-last", default=False, show_default=True,
-              help="NHWC memory format (see benchmarks/bench_train.py).")
+@click.option("--channels-last/--no-channels-last", default=True, show_default=True,
+              help="NHWC memory format: 0.78x the step time on CPU "
+              "(benchmarks/bench_train.py).")
 @click.option("--bf16/--no-bf16", default=False, show_default=True,
-              help="bfloat16 autocast for the forward pass.")
+              help="bfloat16 autocast: about 2x faster on CPUs with AVX512-BF16 and on "
+              "recent GPUs, much slower on CPUs without it.")
 @click.option("--pretrained", type=click.Path(), default=None,
               help="VGG16-BN weights (torchvision layout, .pth or .safetensors) for the encoder.")
 @click.option("--resume", is_flag=True, help="Continue the interrupted run in --out exactly.")
