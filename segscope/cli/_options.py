@@ -38,3 +38,17 @@ def parse_size(text: str) -> tuple[int, int]:
     if h < 1 or w < 1:
         raise SegscopeError(f"size must be positive, got {text!r}")
     return h, w
+
+
+def dataset_kind_options(func):
+    """``--data-kind`` and ``--id-map``: force a dataset layout, map a plain folder's ids."""
+    from ..data.real import DATA_KINDS
+
+    func = click.option(
+        "--id-map", type=click.Path(), default=None,
+        help="JSON file {source id: ROAD3 id or name} for --data-kind folder.",
+    )(func)
+    return click.option(
+        "--data-kind", type=click.Choice(DATA_KINDS), default="auto",
+        show_default=True, help="Dataset layout; auto detects it from the folder.",
+    )(func)

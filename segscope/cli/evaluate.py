@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ._options import device_option, parse_size
+from ._options import dataset_kind_options, device_option, parse_size
 
 
 @click.command("evaluate")
@@ -13,6 +13,7 @@ from ._options import device_option, parse_size
 @click.option("--data", required=True,
               help="A dataset folder (CamVid, segscope synth, ...) or synthetic:N[:PRESET[:SEED]].")
 @click.option("--split", default=None, help="Dataset split (default: the evaluation split).")
+@dataset_kind_options
 @click.option("--size", default=None, help="Resize images to HxW before scoring.")
 @click.option("--limit", type=int, default=None, help="Score only the first N images.")
 @click.option("--batch-size", type=int, default=4, show_default=True)
@@ -22,7 +23,7 @@ from ._options import device_option, parse_size
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON on stdout.")
 @device_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def evaluate(checkpoint, data, split, size, limit, batch_size, workers, out, as_json, device,
+def evaluate(checkpoint, data, split, data_kind, id_map, size, limit, batch_size, workers, out, as_json, device,
              quiet) -> None:
     """Score a checkpoint: global accuracy, mean class accuracy, per-class IoU, mIoU.
 
@@ -50,7 +51,7 @@ def evaluate(checkpoint, data, split, size, limit, batch_size, workers, out, as_
             f"({', '.join(model.class_names)}); datasets are scored on ROAD3 "
             f"({', '.join(ROAD3)})")
     dataset = open_dataset(data, split=split, size=parse_size(size) if size else None,
-                           limit=limit)
+                           limit=limit, kind=data_kind, id_map=id_map)
     if len(dataset) == 0:
         raise SegscopeError(f"no images to score in {data}")
     road_surface = not getattr(dataset, "has_markings", True)

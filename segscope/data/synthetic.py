@@ -301,6 +301,8 @@ class SyntheticRoads(Dataset):
     """
 
     class_names = ROAD3
+    #: Scored on all three classes (real sets without markings set this False).
+    has_markings = True
 
     def __init__(
         self,
