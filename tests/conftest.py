@@ -13,6 +13,15 @@ import segscope
 CAMVID = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "camvid"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """Tests use tiny models: one thread avoids the sync cost of a busy second core."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture
 def camvid_root() -> Path:
     if not (CAMVID / "val.txt").is_file():
