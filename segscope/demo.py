@@ -6,7 +6,7 @@ step by appending to :data:`STEPS` (or passing ``steps=`` to :func:`run_demo`).
 
 Default settings were tuned so that, on two CPU cores, the run takes well under ten
 minutes and reaches road IoU >= 0.90 and markings IoU >= 0.60 on synthetic validation
-images (see docs/readme/training.md for the measured numbers).
+images (see docs/training.md for the measured numbers).
 """
 
 from __future__ import annotations

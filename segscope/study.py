@@ -8,7 +8,7 @@ images, picks the images to explain, runs LRP and writes into one folder:
 - ``summary.json`` with every number the report states;
 - ``report.html``, self-contained (:mod:`segscope.report`).
 
-The analyses follow thesis §9.4-§9.11; see ``docs/readme/study.md`` for what each one
+The analyses follow thesis §9.4-§9.11; see ``docs/study.md`` for what each one
 shows and for the keys of ``summary.json``.
 """
 

@@ -14,7 +14,7 @@ import segscope
 from segscope.cli import main
 from segscope.data import SyntheticRoads
 
-#: Every top-level key of summary.json (documented in docs/readme/study.md).
+#: Every top-level key of summary.json (documented in docs/study.md).
 SUMMARY_KEYS = {
     "segscope_version", "created", "checkpoint", "model", "settings", "notes", "images",
     "layerwise", "feature_values", "switch_off", "separation", "class_comparison",
