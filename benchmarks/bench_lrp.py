@@ -6,7 +6,12 @@ Run: ``python benchmarks/bench_lrp.py`` (full width, 360x480, as in the README t
 medians over ``--repeats`` runs.
 
 Targets: one α1β0 explanation ≤ 3.5× a forward pass; ≥ 5× faster than zennit's same
-explanation; all 128 conv2_1 channels to the pixels ≤ 4× one explanation.
+explanation; all 128 conv2_1 channels to the pixels ≤ 4× one explanation (float32; the
+bfloat16 sweep is reported beside it, with its error).
+
+``--threads N`` sets torch's threads (the README quotes 1 and 2). The load of the machine
+(``os.getloadavg``) is printed with the table: on a shared machine compare ratios, which
+come from one interleaved run, rather than absolute times.
 """
 
 from __future__ import annotations
@@ -140,31 +145,58 @@ def main() -> None:
     image = torch.rand(3, h, w, generator=torch.Generator().manual_seed(0))
     concept = Concept.pixel("road", h // 2, w // 2)
     print(f"SegNet width {args.width}, {h}x{w}, CPU, {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}, median of {args.repeats}")
-    rows = []
-    with torch.no_grad():
-        model(image[None])  # warm-up
-        t_fwd, _ = timed(lambda: model(image[None]), args.repeats)
-    rows.append(("forward (plain model)", t_fwd, "1.00x forward"))
-    lrp(model, image, concept)  # warm-up
-    t_lrp, e = timed(lambda: lrp(model, image, concept), args.repeats)
-    rows.append(("LRP alpha1beta0, one concept", t_lrp,
-                 f"{t_lrp / t_fwd:.2f}x forward (target <= 3.5x)"))
+          f"torch {torch.__version__}, median of {args.repeats}, "
+          f"load average {os.getloadavg()[0]:.2f}")
+    # Interleaved: every round times each variant once, back to back, so that a ratio
+    # compares runs made under the same load; the table gives median times and the
+    # median of the per-round ratios.
     z = None if args.no_zennit else load_zennit()
+    with torch.no_grad():
+        model(image[None])  # warm-ups
+    e = lrp(model, image, concept)
+    n = e.state.layer_shape("conv2_1")[0]
+    jobs = {
+        "fwd": lambda: _no_grad(model, image),
+        "lrp": lambda: lrp(model, image, concept),
+        "sep": lambda: separate_features(model, image, e, "conv2_1"),
+        "bf16": lambda: separate_features(model, image, e, "conv2_1", dtype=torch.bfloat16),
+    }
     if z is not None:
-        zennit_explain(z, model, image, e.initial)  # warm-up
-        t_z, rz = timed(lambda: zennit_explain(z, model, image, e.initial), args.repeats)
+        jobs["zennit"] = lambda: zennit_explain(z, model, image, e.initial)
+    for fn in jobs.values():
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in jobs}
+    out: dict[str, object] = {}
+    for _ in range(args.repeats):
+        for k, fn in jobs.items():
+            t, out[k] = timed(fn, 1)
+            times[k].append(t)
+
+    def med(k: str) -> float:
+        return statistics.median(times[k])
+
+    def ratio(a: str, b: str) -> float:
+        return statistics.median(x / y for x, y in zip(times[a], times[b], strict=True))
+
+    rows = [("forward (plain model)", med("fwd"), "1.00x forward"),
+            ("LRP alpha1beta0, one concept", med("lrp"),
+             f"{ratio('lrp', 'fwd'):.2f}x forward (target <= 3.5x)")]
+    if z is not None:
+        rz = out["zennit"]
         diff = float((rz - e.input).norm() / rz.norm())
-        rows.append(("zennit AlphaBeta(1,0), same concept", t_z,
-                     f"segscope {t_z / t_lrp:.2f}x faster (target >= 5x); "
+        rows.append(("zennit AlphaBeta(1,0), same concept", med("zennit"),
+                     f"segscope {ratio('zennit', 'lrp'):.2f}x faster (target >= 5x); "
                      f"rel. L2 diff {diff:.1e}"))
     else:
         rows.append(("zennit", float("nan"), "not importable"))
-    n = e.state.layer_shape("conv2_1")[0]
-    t_sep, fs = timed(lambda: separate_features(model, image, e, "conv2_1"),
-                      max(1, args.repeats // 2))
-    rows.append((f"separate_features conv2_1 ({n} channels)", t_sep,
-                 f"{t_sep / t_lrp:.2f}x one explanation (target <= 4x)"))
+    fs, fb = out["sep"], out["bf16"]
+    rows.append((f"separate_features conv2_1 ({n} channels)", med("sep"),
+                 f"{ratio('sep', 'lrp'):.2f}x one explanation (target <= 4x)"))
+    bf_err = float((fb.pixels - fs.pixels).norm() / fs.pixels.norm())
+    bf_max = float((fb.pixels - fs.pixels).abs().max() / fs.pixels.abs().max())
+    rows.append(("  same, dtype=torch.bfloat16", med("bf16"),
+                 f"{ratio('bf16', 'lrp'):.2f}x one explanation; vs float32: rel. L2 "
+                 f"{bf_err:.1e}, max {bf_max:.1e} of max|R|"))
     scale = float(e.pixels.abs().max())
     err = float((fs.pixels.sum(0) - _pixels_from(model, image, e)).abs().max()) / scale
     print(f"(check: Σ_k feature maps vs whole-layer map, max error {err:.1e} of max|R|)")
@@ -178,6 +210,12 @@ def main() -> None:
         f16 = peak_rss_child(args, "float16")
         print(f"peak RSS (VmHWM): keep=None {base:.2f} GiB, keep='all' float32 {f32:.2f} GiB, "
               f"keep='all' float16 {f16:.2f} GiB")
+    print(f"load average at the end {os.getloadavg()[0]:.2f}")
+
+
+def _no_grad(model, image):
+    with torch.no_grad():
+        return model(image[None])
 
 
 def _pixels_from(model, image, e):

@@ -3,6 +3,8 @@ batching, feature separation and errors."""
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -399,3 +401,149 @@ def test_bad_requests(tiny_segnet):
         lrp(tiny_segnet, img, [])
     with pytest.raises(SegscopeError, match="selects no pixels"):
         lrp(tiny_segnet, img, Concept.mask(0, torch.zeros(32, 32)))
+
+
+# -- support-restricted sweep -------------------------------------------------------------
+def _rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() - b.double()).norm() / b.double().norm().clamp(min=1e-300))
+
+
+def _concepts_for(model, img):
+    with torch.no_grad():
+        pred = model(img[None])[0].argmax(0)
+    label = pred.clone()
+    label[:, :30] = (label[:, :30] + 1) % 3
+    mask = torch.zeros(img.shape[-2:])
+    mask[50:58, 70:90] = 1  # a small region near the bottom-right corner
+    return [
+        Concept.pixel("road", 3, 4),
+        Concept.pixel("markings", 40, 60, assign="score"),
+        Concept.mask("background", mask, assign="prob"),
+        Concept.from_prediction(int(pred[30, 40]), "tp", label),
+    ]
+
+
+@pytest.mark.parametrize("rule", ["alpha1beta0", "alpha2beta1", "epsilon:0.01",
+                                  {"first": "zbox", "conv1_2": "flat", "conv2_2": "wsquare",
+                                   "conv3_1_D": "gamma:0.25", "default": "alpha1beta0"}])
+@pytest.mark.parametrize("full_share", [0.5, 2.0])
+def test_restricted_sweep_equals_dense(tiny_segnet, monkeypatch, rule, full_share):
+    """Boxed denominators and transposed convs give the dense sweep's numbers.
+
+    The dense reference switches the support boxes off (every layer on its whole map);
+    ``full_share=2`` forces boxed denominators even where a box covers most of a map.
+    """
+    import segscope.explain.relevance as engine
+
+    img = _image(60, 100, seed=4)
+    concepts = _concepts_for(tiny_segnet, img)
+    monkeypatch.setattr(engine, "FULL_SHARE", full_share)
+    fast = [lrp(tiny_segnet, img, c, rule=rule, keep="all") for c in concepts]
+    together = lrp(tiny_segnet, img, concepts[:2], rule=rule)  # union box of two pixels
+    # the pixel concepts really take the restricted path
+    boxed = [e for e in fast[0].state.terms.values() if e.box is not None]
+    if full_share > 1:
+        assert boxed
+    monkeypatch.setattr(engine, "_boxes", lambda state, start: {})
+    model64 = copy.deepcopy(tiny_segnet).double()
+    for c, f, t in zip(concepts, fast, together + [None, None], strict=True):
+        d = lrp(tiny_segnet, img, c, rule=rule, keep="all")
+        # "the same up to float rounding": 1e-6, or within the dense float32 sweep's own
+        # rounding error (vs float64) where a rule amplifies it (ε: 1/(z + ε) for small z)
+        d64 = lrp(model64, img.double(), c, rule=rule, keep="all")
+        scale = float(d.pixels.abs().max())
+        assert scale > 0
+        tol = max(1e-6, 2 * _rel_l2(d.input, d64.input))
+        assert _rel_l2(f.input, d.input) < tol
+        torch.testing.assert_close(f.input, d.input, rtol=1e-5, atol=1e-6 * scale)
+        for name in tiny_segnet.layer_names:
+            ref = d.layers[name]
+            tol = max(1e-6, 2 * _rel_l2(ref, d64.layers[name].float()))
+            assert _rel_l2(f.layers[name], ref) < tol, name
+            torch.testing.assert_close(f.layers[name], ref, rtol=1e-5,
+                                       atol=1e-5 * float(ref.abs().max()) + 1e-30)
+        assert f.absorbed == pytest.approx(d.absorbed, rel=1e-5, abs=1e-6 * abs(d.output_total))
+        assert f.dropped == pytest.approx(d.dropped, rel=1e-5, abs=1e-7 * abs(d.output_total))
+        if t is not None:
+            assert _rel_l2(t.input, d.input) < 1e-6
+
+
+def test_restricted_separate_features_equals_dense(tiny_segnet, monkeypatch):
+    """Feature separation on boxes (a wide image, so that the boxes at conv1_x are smaller
+    than the maps: the boxed pool and conv steps with their shared buffers run)."""
+    import segscope.explain.relevance as engine
+
+    img = _image(40, 448, seed=5)
+    e = lrp(tiny_segnet, img, Concept.pixel("road", 5, 10), keep=["conv2_1"])
+    calls = []
+    real = engine._pool_back_box
+    monkeypatch.setattr(engine, "_pool_back_box", lambda *a: calls.append(1) or real(*a))
+    fast = separate_features(tiny_segnet, img, e, "conv2_1", batch_size=5)
+    assert calls  # pool1 ran on its box
+    monkeypatch.setattr(engine, "_boxes", lambda state, start: {})
+    dense = separate_features(tiny_segnet, img, e, "conv2_1", batch_size=5)
+    assert _rel_l2(fast.pixels, dense.pixels) < 1e-6
+    scale = float(dense.pixels.abs().max())
+    torch.testing.assert_close(fast.pixels, dense.pixels, rtol=1e-5, atol=1e-6 * scale)
+    assert (fast.pixels[:, :, 300:] == 0).all()  # beyond the pixel's reach
+
+
+def test_support_boxes_follow_the_geometry(tiny_segnet):
+    """A pixel's box grows by one per 3x3 conv and maps through pool/unpool by 2."""
+    from segscope.explain.relevance import _boxes
+
+    img = _image(64, 96)
+    state = forward_state(tiny_segnet, img)
+    g = state.graph
+    start = torch.zeros(1, *state.shapes[g.output][1:])
+    start[0, 1, 40, 50] = 1.0
+    boxes = _boxes(state, {g.output: start})
+    assert boxes[g.layers["conv1_1_D"]] == (40, 41, 50, 51)
+    assert boxes[g.layers["conv1_2_D"]] == (39, 42, 49, 52)  # input of conv1_1_D
+    assert boxes[g.layers["upsample1"]] == (38, 43, 48, 53)  # input of conv1_2_D
+    assert boxes[g.layers["conv2_1_D"]] == (19, 22, 24, 27)  # pooled cells of 38:43
+    # the encoder's pool1 input: the cells of pool1's box, 2x2 each
+    b = boxes[g.layers["pool1"]]
+    assert boxes[g.layers["conv1_2"]] == (2 * b[0], 2 * b[1], 2 * b[2], 2 * b[3])
+
+
+def test_separate_features_in_bfloat16(tiny_segnet):
+    """The bfloat16 sweep: float32 maps back, within bfloat16's rounding of float32's."""
+    img = _image(40, 56, seed=6)
+    e = lrp(tiny_segnet, img, Concept.pixel("road", 20, 30), keep=["conv2_1"])
+    ref = separate_features(tiny_segnet, img, e, "conv2_1", batch_size=4)
+    bf = separate_features(tiny_segnet, img, e, "conv2_1", batch_size=4, dtype=torch.bfloat16)
+    assert bf.pixels.dtype == torch.float32
+    err = _rel_l2(bf.pixels, ref.pixels)
+    assert 0 < err < 3e-2  # 8-bit mantissa (2^-9 = 2e-3 per rounding), a few layers
+    # the maps still sum to the explanation's pixels, to bfloat16 precision
+    assert _rel_l2(bf.pixels.sum(0), e.pixels) < 3e-2
+    with pytest.raises(SegscopeError, match="dtype must be a floating-point"):
+        separate_features(tiny_segnet, img, e, "conv2_1", dtype=torch.int64)
+
+
+def test_cached_denominators_grow_with_later_concepts(tiny_segnet, monkeypatch):
+    """One forward state, concepts in different places: the boxed denominators are reused
+    where they cover, recomputed on the union where not, and stay exact."""
+    import segscope.explain.relevance as engine
+
+    monkeypatch.setattr(engine, "FULL_SHARE", 2.0)  # boxes, never the whole map
+    img = _image(40, 448, seed=7)
+    state = forward_state(tiny_segnet, img)
+    a = lrp(tiny_segnet, img, Concept.pixel("road", 5, 10), state=state)
+    first = {i: e.box for i, e in state.terms.items()}
+    again = lrp(tiny_segnet, img, Concept.pixel("markings", 5, 10), state=state)  # same box
+    assert {i: e.box for i, e in state.terms.items()} == first
+    b = lrp(tiny_segnet, img, Concept.pixel("markings", 30, 400), state=state)  # far away
+    grown = [i for i, e in state.terms.items() if e.box != first.get(i)]
+    assert grown and all(_inside_box(first[i], state.terms[i].box) for i in grown
+                         if first.get(i) is not None)
+    monkeypatch.setattr(engine, "_boxes", lambda state, start: {})
+    for got, c in ((a, Concept.pixel("road", 5, 10)), (again, Concept.pixel("markings", 5, 10)),
+                   (b, Concept.pixel("markings", 30, 400))):
+        ref = lrp(tiny_segnet, img, c)
+        assert _rel_l2(got.input, ref.input) < 1e-6
+
+
+def _inside_box(a, b) -> bool:
+    return b[0] <= a[0] and a[1] <= b[1] and b[2] <= a[2] and a[3] <= b[3]

@@ -134,8 +134,15 @@ class Concept:
             raise SegscopeError(
                 f"label is {label.shape[0]}x{label.shape[1]}, the image is {h}x{w}"
             )
-        pred = scores.argmax(dim=0)
         valid = label != IGNORE
+        # An id the model has no class for would silently count as "not class c".
+        bad = valid & ((label < 0) | (label >= k))
+        if bool(bad.any()):
+            raise SegscopeError(
+                f"label has id {int(label[bad][0])}, which is not a class of this model "
+                f"(0..{k - 1}, or {IGNORE} for ignore)"
+            )
+        pred = scores.argmax(dim=0)
         if self.prediction_kind == "tp":
             sel = (pred == c) & (label == c)
         elif self.prediction_kind == "fp":
