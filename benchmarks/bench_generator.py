@@ -18,7 +18,7 @@ import time
 import torch
 
 from segscope import SegNet
-from segscope.data.synthetic import PRESETS, render_scene
+from segscope.data.synthetic import PRESETS, SyntheticRoads, render_scene
 from segscope.data.synthetic_render import textures
 
 SIZE = (360, 480)
@@ -37,6 +37,20 @@ def generator_rate(preset: str, runs: int, images: int) -> tuple[float, float]:
         wall.append(images / (time.perf_counter() - t0))
         cpu.append(images / (time.process_time() - c0))
     return statistics.median(wall), statistics.median(cpu)
+
+
+def loader_rate(preset: str, workers: int, images: int) -> float:
+    """Images per second delivered by a DataLoader over ``SyntheticRoads`` with
+    ``workers`` processes (what training sees), after the workers have started."""
+    data = SyntheticRoads(images + 4 * workers * BATCH, size=SIZE, preset=preset)
+    loader = torch.utils.data.DataLoader(data, batch_size=BATCH, num_workers=workers)
+    it = iter(loader)
+    for _ in range(2 * workers):  # start-up and the first prefetched batches
+        next(it)
+    t0, n = time.perf_counter(), 0
+    for images_batch, _ in it:
+        n += images_batch.shape[0]
+    return n / (time.perf_counter() - t0)
 
 
 def train_step_time(runs: int) -> float:
@@ -63,6 +77,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--images", type=int, default=20)
     ap.add_argument("--threads", type=int, default=2, help="torch threads for the train step")
+    ap.add_argument("--workers", type=int, default=2, help="DataLoader workers")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     textures()  # built once per process; not part of the per-image cost
@@ -76,6 +91,10 @@ def main() -> None:
         per_batch = BATCH / rate
         print(f"{preset:<11} {rate:9.1f} {cpu_rate:7.1f} {1e3 / rate:9.1f} "
               f"{per_batch * 1e3:9.1f} {per_batch / step:11.3f}")
+    print(f"DataLoader over SyntheticRoads, {args.workers} workers, batch {BATCH}:")
+    for preset in PRESETS:
+        rate = loader_rate(preset, args.workers, 20 * args.images)
+        print(f"{preset:<11} {rate:9.1f} images/s")
 
 
 if __name__ == "__main__":

@@ -1122,7 +1122,7 @@ def separate_features(
     (a chain) that is ``explanation.pixels``.
 
     ``dtype=torch.bfloat16`` runs the sweep in bfloat16 (faster on CPUs with bf16
-    arithmetic; about 1e-2 relative error, see docs/readme/lrp.md); the maps are
+    arithmetic; about 1e-2 relative error, see docs/lrp.md); the maps are
     returned in the image's dtype either way.
     """
     if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
