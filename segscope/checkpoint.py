@@ -58,6 +58,11 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
         with safe_open(str(path), framework="pt") as f:
             raw = (f.metadata() or {}).get(META_KEY)
     except Exception as exc:  # noqa: BLE001 - any reader failure means a bad file
+        if _is_pickle(path):
+            raise SegscopeError(
+                f"{path} is a PyTorch pickle (.pth/.pt), not a segscope checkpoint; "
+                "segscope reads only the .safetensors files it writes (it never unpickles)"
+            ) from None
         raise SegscopeError(f"{path} is not a segscope checkpoint ({_short(exc)})") from None
     if raw is None:
         raise SegscopeError(f"{path} is a safetensors file without segscope metadata")
@@ -124,10 +129,23 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def _existing(path: str | os.PathLike) -> Path:
-    path = Path(path)
+    path = Path(path).expanduser()
     if not path.is_file():
+        if path.is_dir():
+            raise SegscopeError(f"checkpoint {path} is a folder; give the model file in it "
+                                "(e.g. model.safetensors)")
         raise SegscopeError(f"checkpoint not found: {path}")
     return path
+
+
+def _is_pickle(path: Path) -> bool:
+    """Whether ``path`` starts like ``torch.save`` output (a zip archive or a raw pickle)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return False
+    return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
 
 
 def _short(exc: BaseException) -> str:

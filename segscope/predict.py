@@ -164,7 +164,14 @@ def find_images(inputs: Sequence[str | os.PathLike]) -> list[Path]:
             raise SegscopeError(f"input not found: {p}")
     if not found:
         raise SegscopeError("no input images given")
-    return found
+    # A file given both alone and inside its folder is predicted once.
+    seen: set[Path] = set()
+    unique = []
+    for f in found:
+        if f.resolve() not in seen:
+            seen.add(f.resolve())
+            unique.append(f)
+    return unique
 
 
 def colourize(labels: torch.Tensor | np.ndarray,

@@ -61,7 +61,8 @@ def write_report(folder: str | os.PathLike) -> Path:
 def read_summary(folder: Path) -> dict[str, Any]:
     """The ``summary.json`` of a study folder; a one-line error when absent or broken."""
     if not folder.is_dir():
-        raise SegscopeError(f"study folder not found: {folder}")
+        what = "is a file, not a study folder" if folder.exists() else "not found"
+        raise SegscopeError(f"study folder {folder} {what}")
     path = folder / SUMMARY_NAME
     if not path.is_file():
         raise SegscopeError(f"{folder} is not a study folder: it has no {SUMMARY_NAME}")

@@ -104,6 +104,8 @@ def run_study(
     *,
     synthetic: str | None = None,
     real: str | os.PathLike | None = None,
+    real_kind: str = "auto",
+    id_map: Any = None,
     images: Sequence[str | os.PathLike] = (),
     labels: Sequence[str | os.PathLike] = (),
     settings: StudySettings | None = None,
@@ -125,6 +127,9 @@ def run_study(
     real
         A real dataset (any layout :func:`segscope.data.open_dataset` reads); the study
         scans up to ``settings.scan`` images and explains the best and worst segmented.
+    real_kind, id_map
+        ``kind`` and ``id_map`` of :func:`segscope.data.open_dataset` for ``real`` (a plain
+        folder of image/label pairs needs an id map).
     images, labels
         Extra real image files with ROAD3 label files (0 background, 1 road,
         2 markings, 255 ignore), scanned before ``real``.
@@ -184,7 +189,7 @@ def run_study(
     syn, syn_note = _pick_synthetic(model, syn_spec, cfg, device, names)
     if syn_note:
         notes.append(syn_note)
-    real_samples = _scan_real(model, real, images, labels, cfg, device)
+    real_samples = _scan_real(model, real, images, labels, cfg, device, real_kind, id_map)
     best = worst = None
     if real_samples:
         ranked = sorted(real_samples, key=lambda s: s.iou if s.iou is not None else -1.0)
@@ -615,7 +620,8 @@ def _pick_synthetic(model, spec: str, cfg: StudySettings, device, names):
     return best, note
 
 
-def _scan_real(model, real, images, labels, cfg: StudySettings, device) -> list[Sample]:
+def _scan_real(model, real, images, labels, cfg: StudySettings, device, kind="auto",
+               id_map=None) -> list[Sample]:
     from .data.io import read_image, read_label
     from .data.real import open_dataset, resize_image, resize_label
 
@@ -635,7 +641,7 @@ def _scan_real(model, real, images, labels, cfg: StudySettings, device) -> list[
             label = resize_label(label, cfg.real_size)
         samples.append(Sample(Path(img_path).name, image, label, _run(model, image, device)))
     if real is not None:
-        data = open_dataset(real, size=cfg.real_size, limit=cfg.scan)
+        data = open_dataset(real, size=cfg.real_size, limit=cfg.scan, kind=kind, id_map=id_map)
         if len(data) == 0:
             raise SegscopeError(f"the real data {real} has no images")
         for i in range(len(data)):

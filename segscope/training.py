@@ -460,10 +460,17 @@ def _check_config(c: TrainConfig) -> None:
         raise SegscopeError("give the length of training: --iters N or --epochs N")
     if c.iters is not None and c.epochs is not None:
         raise SegscopeError("give either --iters or --epochs, not both")
-    for name in ("iters", "epochs", "batch_size"):
+    for name in ("iters", "epochs", "batch_size", "log_every", "weight_sample"):
         v = getattr(c, name)
         if v is not None and v < 1:
             raise SegscopeError(f"{name.replace('_', '-')} must be at least 1, got {v}")
+    for name in ("warmup", "val_every", "checkpoint_every", "workers", "momentum",
+                 "weight_decay", "seed"):
+        v = getattr(c, name)
+        if not v >= 0:  # also catches NaN
+            raise SegscopeError(f"{name.replace('_', '-')} must be non-negative, got {v}")
+    if c.val_every and c.val_data is None:
+        raise SegscopeError("--val-every needs --val-data (the data to validate on)")
     if not c.lr > 0:
         raise SegscopeError(f"lr must be positive, got {c.lr}")
     if c.class_weights not in ("median", "sqrt", "none"):

@@ -27,6 +27,10 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 }
 
 
+class _Interrupted(Exception):
+    """Ctrl-C inside a command, kept away from click's own handling."""
+
+
 class LazyGroup(click.Group):
     """A group whose commands are imported only when used (keeps ``--help`` fast)."""
 
@@ -38,6 +42,14 @@ class LazyGroup(click.Group):
             return None
         module, attr, _ = COMMANDS[name]
         return getattr(importlib.import_module(module), attr)
+
+    def invoke(self, ctx: click.Context):
+        # click answers Ctrl-C by printing an empty line before Abort; pass it on
+        # untouched so that main() prints its one line.
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            raise _Interrupted from None
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         rows = [(name, COMMANDS[name][2]) for name in self.list_commands(ctx)]
@@ -56,21 +68,34 @@ def cli() -> None:
     """segscope: why a segmentation network trained on synthetic images fails on real ones."""
 
 
+#: click >= 8.2 raises this for a group called with no arguments; older click prints help.
+_NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point."""
     try:
         cli.main(args=argv, prog_name="segscope", standalone_mode=False)
     except SegscopeError as exc:
-        click.echo(f"segscope: error: {exc}", err=True)
+        click.echo(f"segscope: error: {_one_line(exc)}", err=True)
         sys.exit(2)
     except click.exceptions.Abort:
         click.echo("segscope: interrupted", err=True)
         sys.exit(130)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, _Interrupted):
         click.echo("segscope: interrupted", err=True)
         sys.exit(130)
+    except _NO_ARGS_IS_HELP as exc:  # bare ``segscope``: the help, as --help shows it
+        click.echo(exc.ctx.get_help() if exc.ctx is not None else exc.format_message())
+        sys.exit(0)
     except click.ClickException as exc:
-        exc.show()
+        # A usage error (bad option value, missing argument) is bad input like any
+        # other: one line, with where to look instead of click's three-line usage block.
+        hint = ""
+        if isinstance(exc, click.UsageError) and exc.ctx is not None:
+            hint = f" (see '{exc.ctx.command_path} --help')"
+        message = " ".join(exc.format_message().split())
+        click.echo(f"segscope: error: {message}{hint}", err=True)
         sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
@@ -79,6 +104,18 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(f"segscope: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "),
                    err=True)
         sys.exit(2)
+
+
+def _one_line(exc: SegscopeError) -> str:
+    """The message of ``exc``, also when a DataLoader worker raised it.
+
+    torch re-raises a worker's exception with the worker's whole traceback as its
+    message; the original one-line message is its last line, after the class name.
+    """
+    lines = str(exc).strip().splitlines()
+    if len(lines) > 1 and lines[0].startswith("Caught "):
+        return lines[-1].split(f"{SegscopeError.__name__}: ", 1)[-1]
+    return " ".join(line.strip() for line in lines)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import click
 import torch
 
@@ -52,3 +55,25 @@ def dataset_kind_options(func):
         "--data-kind", type=click.Choice(DATA_KINDS), default="auto",
         show_default=True, help="Dataset layout; auto detects it from the folder.",
     )(func)
+
+
+def prepare_out_dir(path: str | os.PathLike, flag: str = "--out") -> Path:
+    """Create the output folder ``path`` and check that files can be written in it.
+
+    Called before any work is done, so that a wrong ``--out`` (an existing file, a
+    read-only place) fails at once with one line instead of after minutes of work.
+    """
+    import tempfile
+
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise SegscopeError(f"{flag} {out} exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        # A real write, not os.access: root passes access checks on read-only mounts.
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as exc:
+        raise SegscopeError(f"cannot write into {flag} folder {out}: "
+                            f"{exc.strerror or exc}") from None
+    return out

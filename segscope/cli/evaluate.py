@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ._options import dataset_kind_options, device_option, parse_size
+from ._options import dataset_kind_options, device_option, parse_size, prepare_out_dir
 
 
 @click.command("evaluate")
@@ -16,15 +16,15 @@ from ._options import dataset_kind_options, device_option, parse_size
 @dataset_kind_options
 @click.option("--size", default=None, help="Resize images to HxW before scoring.")
 @click.option("--limit", type=int, default=None, help="Score only the first N images.")
-@click.option("--batch-size", type=int, default=4, show_default=True)
-@click.option("--workers", type=int, default=0, show_default=True,
+@click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
               help="DataLoader worker processes.")
 @click.option("--out", type=click.Path(), default=None, help="Write DIR/metrics.json.")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON on stdout.")
 @device_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def evaluate(checkpoint, data, split, data_kind, id_map, size, limit, batch_size, workers, out, as_json, device,
-             quiet) -> None:
+def evaluate(checkpoint, data, split, data_kind, id_map, size, limit, batch_size, workers, out,
+             as_json, device, quiet) -> None:
     """Score a checkpoint: global accuracy, mean class accuracy, per-class IoU, mIoU.
 
     Datasets without a markings class (CamVid 11-class, Cityscapes) are scored on the
@@ -37,12 +37,15 @@ def evaluate(checkpoint, data, split, data_kind, id_map, size, limit, batch_size
     from .._io import write_json
     from ..checkpoint import load_model
     from ..data.classes import ROAD3
-    from ..data.real import open_dataset
+    from ..data.real import LabelFolder, open_dataset
+    from ..data.synthetic import SyntheticRoads
     from ..errors import SegscopeError
     from ..metrics import format_metrics
     from ..predict import evaluate_dataset
     from ._options import resolve_device
 
+    if out:
+        prepare_out_dir(out)
     dev = resolve_device(device)
     model, meta = load_model(checkpoint, map_location=dev)
     if tuple(model.class_names) != tuple(ROAD3):
@@ -54,6 +57,8 @@ def evaluate(checkpoint, data, split, data_kind, id_map, size, limit, batch_size
                            limit=limit, kind=data_kind, id_map=id_map)
     if len(dataset) == 0:
         raise SegscopeError(f"no images to score in {data}")
+    if split is not None and isinstance(dataset, LabelFolder | SyntheticRoads):
+        raise SegscopeError(f"{data} has no splits: drop --split {split}")
     road_surface = not getattr(dataset, "has_markings", True)
     cm = evaluate_dataset(model, dataset, device=dev, batch_size=batch_size, workers=workers,
                           road_surface=road_surface,

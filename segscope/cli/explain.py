@@ -34,14 +34,16 @@ OTHER_METHODS = ("gradcam", "gradcam-rf", "sensitivity", "gradxinput", "deconvne
               help="LRP rule, or per layer: 'conv1_1=zbox,default=alpha1beta0'.")
 @click.option("--keep", default="none", show_default=True,
               help="LRP layers to save: all, none, or names separated by commas.")
-@click.option("--layer", default=None, help="Grad-CAM layer / actmax layer (method default).")
+@click.option("--layer", default=None,
+              help="gradcam/gradcam-rf: the layer [conv5_1_D]; actmax: the layer of --channel.")
 @click.option("--channel", type=int, default=None, help="actmax: channel of --layer.")
 @click.option("--steps", type=int, default=None, help="actmax: ascent steps.")
 @click.option("--root", type=float, default=None, help="gradxinput: root point (default 0).")
 @click.option("--out", required=True, type=click.Path(), help="Output folder.")
 @device_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
-def explain(checkpoint, image_path, method, cls, pixel, mask_path, kind, label_path, assign,
+@click.pass_context
+def explain(ctx, checkpoint, image_path, method, cls, pixel, mask_path, kind, label_path, assign,
             rule, keep, layer, channel, steps, root, out, device, quiet) -> None:
     """Explain why the model predicts what it does on one image.
 
@@ -62,17 +64,19 @@ def explain(checkpoint, image_path, method, cls, pixel, mask_path, kind, label_p
 
     from ..checkpoint import load_model
     from ..errors import SegscopeError
-    from ._options import resolve_device
+    from ._options import prepare_out_dir, resolve_device
 
     method = method.lower()
     if method != LRP and method not in OTHER_METHODS:
         raise SegscopeError(
             f"unknown method {method!r}; choose one of {LRP}, {', '.join(OTHER_METHODS)}"
         )
+    _check_applies(ctx, method)
     image = _read_image(image_path)
     concept = _concept(cls, pixel, mask_path, kind, label_path, assign,
                        optional=method == "actmax" and channel is not None)
     dev = resolve_device(device)
+    prepare_out_dir(out)
     model, _ = load_model(checkpoint, map_location=dev)
     out_dir = Path(out)
     if method == LRP:
@@ -82,6 +86,31 @@ def explain(checkpoint, image_path, method, cls, pixel, mask_path, kind, label_p
 
 
 # -- inputs ------------------------------------------------------------------------------
+#: Method-specific options and the methods that use them; given to another method they
+#: would be ignored, and the user would read a result computed without them.
+_APPLIES = {
+    "rule": (LRP,), "keep": (LRP,), "layer": ("gradcam", "gradcam-rf", "actmax"),
+    "channel": ("actmax",), "steps": ("actmax",), "root": ("gradxinput",),
+}
+
+
+def _check_applies(ctx, method: str) -> None:
+    from ..errors import SegscopeError
+
+    for name, methods in _APPLIES.items():
+        given = ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
+        if given and method not in methods:
+            raise SegscopeError(f"--{name} does not apply to --method {method} "
+                                f"(only to {', '.join(methods)})")
+    if method == "actmax":
+        has_concept = any(ctx.params[k] is not None for k in ("pixel", "mask_path", "kind"))
+        if ctx.params["channel"] is not None and has_concept:
+            raise SegscopeError("actmax maximizes either a concept (--pixel, --mask, "
+                                "--from-prediction) or --layer/--channel, not both")
+        if ctx.params["layer"] is not None and ctx.params["channel"] is None:
+            raise SegscopeError("actmax: --layer needs --channel (the channel to maximize)")
+
+
 def _read_image(path):
     import torch
 
@@ -140,15 +169,17 @@ def _parse_rule(text: str):
             raise SegscopeError(f"--rule: expected layer=rule pairs separated by commas, "
                                 f"got {part!r}")
         key, value = part.split("=", 1)
+        if key.strip() in (k for k, _ in pairs):
+            raise SegscopeError(f"--rule: {key.strip()!r} is given twice")
         pairs.append((key.strip(), value.strip()))
     return pairs
 
 
 def _parse_keep(text: str):
     text = text.strip()
-    if text in ("", "none"):
+    if text.lower() in ("", "none"):
         return None
-    if text == "all":
+    if text.lower() == "all":
         return "all"
     return [t.strip() for t in text.split(",") if t.strip()]
 

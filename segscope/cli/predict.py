@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ._options import device_option, parse_size
+from ._options import device_option, parse_size, prepare_out_dir
 
 
 @click.command("predict")
@@ -36,6 +36,7 @@ def predict(checkpoint, inputs, out, size, alpha, device, quiet) -> None:
     if not 0.0 <= alpha <= 1.0:
         raise SegscopeError(f"--alpha must be in [0, 1], got {alpha}")
     find_images(inputs)  # bad inputs fail before the model is read
+    prepare_out_dir(out)
     dev = resolve_device(device)
     model, _ = load_model(checkpoint, map_location=dev)
     records = predict_files(model, inputs, out, device=dev,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ._options import device_option, parse_size
+from ._options import dataset_kind_options, device_option, parse_size, prepare_out_dir
 
 
 @click.command("study")
@@ -18,6 +18,7 @@ from ._options import device_option, parse_size
 @click.option("--real", default=None, type=click.Path(),
               help="A real dataset folder (CamVid, Mapillary, ...): the study explains the "
                    "images it segments best and worst among the first --scan.")
+@dataset_kind_options
 @click.option("--image", "images", multiple=True, type=click.Path(),
               help="A real image to consider (repeatable; one --label each).")
 @click.option("--label", "labels", multiple=True, type=click.Path(),
@@ -45,8 +46,9 @@ from ._options import device_option, parse_size
 @click.option("--quick", is_flag=True, help="Fewer images, pixels and features.")
 @device_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def study(checkpoint, synthetic, real, images, labels, layer, compare_layer, cls, rule, pixels,
-          scan, candidates, channels, size, out, quick, device, quiet) -> None:
+def study(checkpoint, synthetic, real, data_kind, id_map, images, labels, layer, compare_layer,
+          cls, rule, pixels, scan, candidates, channels, size, out, quick, device,
+          quiet) -> None:
     """Run the thesis's chapter-9 analyses and write figures, tables and report.html.
 
     Layer-wise propagation (§9.4), per-feature maps (§9.5), feature values (§9.6),
@@ -66,9 +68,10 @@ def study(checkpoint, synthetic, real, images, labels, layer, compare_layer, cls
         pixels=pixels, scan=scan, candidates=candidates, channels=channels,
         size=parse_size(size) if size else None,
     )
-    summary = run_study(checkpoint, out, synthetic=synthetic, real=real, images=images,
-                        labels=labels, settings=settings, device=resolve_device(device),
-                        quiet=quiet)
+    prepare_out_dir(out)
+    summary = run_study(checkpoint, out, synthetic=synthetic, real=real, real_kind=data_kind,
+                        id_map=id_map, images=images, labels=labels, settings=settings,
+                        device=resolve_device(device), quiet=quiet)
     for note in summary["notes"]:
         click.echo(f"note: {note}")
     so = summary["switch_off"]["pixel_shares"]

@@ -9,7 +9,7 @@ import click
 import numpy as np
 
 from ..errors import SegscopeError
-from ._options import parse_size
+from ._options import parse_size, prepare_out_dir
 
 #: How many samples the contact sheet shows.
 SHEET_SAMPLES = 16
@@ -72,7 +72,7 @@ def _parse_sets(ctx, param, values: tuple[str, ...]) -> dict[str, object]:
               help="narrow (one fixed look) or randomized (domain randomization).")
 @click.option("--set", "sets", multiple=True, callback=_parse_sets, metavar="KEY=VALUE",
               help="Fix a scene setting for every image, e.g. --set curvature=0 --set vehicles=0.")
-@click.option("--quiet", is_flag=True, help="No progress bar or summary.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary.")
 def synth(out: str, n: int, size: tuple[int, int], seed: int, preset: str,
           sets: dict[str, object], quiet: bool) -> None:
     """Write N synthetic road scenes with exact ROAD3 labels to OUT.
@@ -89,6 +89,7 @@ def synth(out: str, n: int, size: tuple[int, int], seed: int, preset: str,
     from ..data.synthetic import SyntheticRoads
 
     data = SyntheticRoads(n, size=size, seed=seed, preset=preset, **sets)
+    prepare_out_dir(out)
     write_dataset(data, Path(out),
                   progress=lambda it: tqdm(it, total=n, desc="synth", unit="img",
                                            disable=quiet or not sys.stderr.isatty()))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ..errors import SegscopeError
-from ._options import device_option, parse_size
+from ._options import device_option, parse_size, prepare_out_dir
 
 #: Option names whose value, when given on the command line together with --resume,
 #: must agree with the interrupted run (they change the result).
@@ -97,6 +97,8 @@ def train(ctx: click.Context, **kw) -> None:
                     "drop it to resume, or train into a new --out"
                 )
     config = TrainConfig(**{**kw, "size": size})
+    if not kw["resume"]:
+        prepare_out_dir(kw["out"])
     result = run(config)
     if not config.quiet and result.model_path is not None:
         import os

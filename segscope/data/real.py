@@ -323,6 +323,7 @@ def _centres(n_out: int, n_in: int) -> torch.Tensor:
 
 
 def _need_dir(path: Path, what: str) -> Path:
+    path = path.expanduser()  # the Python API is called with "~/data/CamVid" too
     if not path.exists():
         raise SegscopeError(f"{what} not found: {path}")
     if not path.is_dir():
@@ -671,7 +672,7 @@ class LabelFolder(_PairDataset):
         ``"labels"``); the defaults are ``images/`` and ``labels/``.
         """
         folders = {"images": "images", "labels": "labels"}
-        manifest = Path(root) / "manifest.json"
+        manifest = Path(root).expanduser() / "manifest.json"
         if manifest.is_file():
             try:
                 meta = json.loads(manifest.read_text(encoding="utf-8"))

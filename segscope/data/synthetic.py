@@ -139,10 +139,28 @@ def check_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:
                 value = str(value)
         except (TypeError, ValueError):
             raise SegscopeError(f"bad value {value!r} for scene setting {key!r}") from None
+        # The renderer treats any unknown word as the last case, and NaN as a number:
+        # both would give silently wrong scenes.
+        if key in _CHOICES and value not in _CHOICES[key]:
+            raise SegscopeError(f"bad value {value!r} for scene setting {key!r} "
+                                f"(choose from: {', '.join(_CHOICES[key])})")
+        numbers = value if isinstance(value, tuple) else (value,)
+        if any(isinstance(v, float) and not np.isfinite(v) for v in numbers):
+            raise SegscopeError(f"bad value {value!r} for scene setting {key!r}")
+        if key in _UNIT and not 0.0 <= value <= 1.0:
+            raise SegscopeError(f"scene setting {key!r} must be in [0, 1], got {value}")
+        if key in _COUNTS and value < 0:
+            raise SegscopeError(f"scene setting {key!r} must be non-negative, got {value}")
         out[key] = value
     if out.get("lanes", 1) < 1:
         raise SegscopeError("lanes must be at least 1")
     return out
+
+
+#: Settings that are one of a few words, fractions in [0, 1], and counts.
+_CHOICES = {"lane_style": ("dashed", "solid", "double"), "median": ("concrete", "rail")}
+_UNIT = ("fog", "marking_fade", "marking_gaps", "clouds", "shadow", "rain")
+_COUNTS = ("vehicles", "trees")
 
 
 def _sample_geometry(rng: np.random.Generator, p: SceneParams) -> None:

@@ -360,6 +360,8 @@ def gradient_x_input(
             raise SegscopeError(
                 f"a root point is a number or a (3,H,W) tensor, got {root!r}"
             ) from None
+    if not bool(torch.isfinite(root_t).all()):
+        raise SegscopeError("the root point must be finite (no NaN or infinity)")
     g = _input_gradient(model, image, concept)
     grad = _cropped(g)
     r = (image.to(grad) - root_t.to(grad)) * grad

@@ -1,0 +1,358 @@
+"""Bad input to every ``segscope`` command: one line ``segscope: error: ...``, non-zero exit.
+
+Each case runs ``segscope.cli.main`` in this process (the commands are the same code as
+the console script, without the seconds of a fresh ``import torch``); one case sends a
+real SIGINT to a ``python -m segscope train`` subprocess. All cases share one tiny
+checkpoint, a tiny synthetic dataset and a handful of crafted files.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import segscope
+from segscope.cli import main
+
+H, W = 32, 48
+TRAIN = ["--width", "0.0625", "--size", f"{H}x{W}", "--batch-size", "2", "-q"]
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
+    """Exit status, stdout and stderr of ``segscope ARGS`` run in this process."""
+    try:
+        main([str(a) for a in args])
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    else:
+        code = 0
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def assert_one_error(code: int, err: str, *needles: str) -> None:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code != 0, err
+    assert "Traceback" not in err
+    assert len(lines) == 1, err
+    assert lines[0].startswith("segscope: error: "), err
+    for needle in needles:
+        assert needle.lower() in lines[0].lower(), (needle, lines[0])
+
+
+@pytest.fixture(scope="module")
+def f(tmp_path_factory) -> dict[str, Path]:
+    """Every file the cases need, made once."""
+    d = tmp_path_factory.mktemp("cli_errors")
+    p: dict[str, Path] = {"dir": d}
+    torch.manual_seed(0)
+    p["ckpt"] = segscope.save_model(segscope.SegNet(3, width=0.0625), d / "model.safetensors")
+    p["wide"] = segscope.save_model(segscope.SegNet(3, width=0.125), d / "wide.safetensors")
+    p["five"] = segscope.save_model(segscope.SegNet(5, width=0.0625), d / "five.safetensors")
+
+    rng = np.random.default_rng(0)
+    label = np.zeros((H, W), np.uint8)
+    label[H // 2:, :] = 1
+    label[H // 2:, W // 2 - 2:W // 2 + 2] = 2
+    pictures = {
+        "image": rng.integers(0, 256, (H, W, 3), dtype=np.uint8),
+        "label": label,
+        "label7": np.where(label == 2, 7, label).astype(np.uint8),
+        "small_label": label[H // 2:],
+        "empty_mask": np.zeros((H, W), np.uint8),
+    }
+    for name, arr in pictures.items():
+        p[name] = d / f"{name}.png"
+        Image.fromarray(arr).save(p[name])
+    data = p["image"].read_bytes()
+    p["truncated"] = d / "truncated.png"
+    p["truncated"].write_bytes(data[: len(data) // 2])
+    p["text"] = d / "text.png"
+    p["text"].write_text("this is not a picture\n")
+    p["a_file"] = d / "a_file"
+    p["a_file"].write_text("x")
+
+    from safetensors.torch import save_file
+
+    p["foreign"] = d / "foreign.safetensors"
+    save_file({"weight": torch.zeros(3)}, str(p["foreign"]))
+    p["garbage"] = d / "garbage.safetensors"
+    p["garbage"].write_bytes(b"\x01\x02" + rng.integers(0, 256, 4000, dtype=np.uint8).tobytes())
+    p["cut"] = d / "cut.safetensors"
+    p["cut"].write_bytes(p["ckpt"].read_bytes()[:-1000])
+    p["pth"] = d / "model.pth"
+    torch.save({"weight": torch.zeros(3)}, p["pth"])
+
+    p["no_images"] = d / "no_images"
+    (p["no_images"] / "images").mkdir(parents=True)
+    (p["no_images"] / "labels").mkdir()
+    p["mismatch"] = d / "mismatch"
+    for sub in ("images", "labels"):
+        (p["mismatch"] / sub).mkdir(parents=True)
+    shutil.copy(p["image"], p["mismatch"] / "images" / "a.png")
+    shutil.copy(p["small_label"], p["mismatch"] / "labels" / "a.png")
+    p["idmap"] = d / "map.json"
+    p["idmap"].write_text('{"0": "background", "1": "road"}')  # no 2: label.png has 2s
+    p["fullmap"] = d / "full_map.json"
+    p["fullmap"].write_text('{"0": "background", "1": "road", "2": "markings"}')
+    p["unmapped"] = d / "unmapped"
+    for sub in ("images", "labels"):
+        (p["unmapped"] / sub).mkdir(parents=True)
+    shutil.copy(p["image"], p["unmapped"] / "images" / "a.png")
+    shutil.copy(p["label"], p["unmapped"] / "labels" / "a.png")
+    p["empty"] = d / "empty"
+    p["empty"].mkdir()
+
+    # a synthetic dataset and a finished 2-step run for the train/resume cases
+    p["synth"] = d / "synth"
+    p["run"] = d / "run"
+    for args in (["synth", "--out", p["synth"], "--n", "4", "--size", f"{H}x{W}", "-q"],
+                 ["train", "--data", p["synth"], "--iters", "2", "--out", p["run"], *TRAIN]):
+        main([str(a) for a in args])  # success returns; a failure raises SystemExit
+    return p
+
+
+def _readonly(tmp: Path) -> Path:
+    """A folder where nothing can be written (root ignores permission bits)."""
+    if os.geteuid() != 0:
+        ro = tmp / "readonly"
+        ro.mkdir(exist_ok=True)
+        ro.chmod(0o555)
+        return ro / "out"
+    probe = Path("/sys/segscope-cannot-write-here")
+    try:
+        probe.mkdir()
+    except OSError:  # sysfs refuses new folders, also to root
+        return probe / "out"
+    probe.rmdir()
+    pytest.skip("no read-only place to test with as root")
+
+
+# (case id, argv with {placeholders} from the fixture, words the message must contain)
+CASES = [
+    # paths that do not exist, or are the wrong kind of thing
+    ("image-missing", "explain -c {ckpt} -i {dir}/nope.png --class road --pixel 1,1 --out {dir}/o",
+     ["nope.png", "not found"]),
+    ("checkpoint-missing", "explain -c {dir}/nope.safetensors -i {image} --class road "
+     "--pixel 1,1 --out {dir}/o", ["checkpoint not found"]),
+    ("checkpoint-folder", "evaluate -c {dir} --data {synth}", ["is a folder"]),
+    ("data-missing", "evaluate -c {ckpt} --data {dir}/nope", ["not found"]),
+    ("mask-missing", "explain -c {ckpt} -i {image} --class road --mask {dir}/nope.png "
+     "--out {dir}/o", ["nope.png", "not found"]),
+    ("label-missing", "explain -c {ckpt} -i {image} --class road --from-prediction tp "
+     "--label {dir}/nope.png --out {dir}/o", ["nope.png", "not found"]),
+    ("predict-input-missing", "predict -c {ckpt} {dir}/nope.png --out {dir}/o", ["not found"]),
+    ("report-missing", "report {dir}/nope", ["not found"]),
+    ("resume-nothing", "train --resume --out {empty}", ["nothing to resume"]),
+    # folders without images, sizes that disagree, ids outside the map
+    ("folder-no-images", "evaluate -c {ckpt} --data {no_images} --data-kind folder "
+     "--id-map {idmap}", ["no images"]),
+    ("predict-folder-no-images", "predict -c {ckpt} {empty} --out {dir}/o", ["no images"]),
+    ("unknown-layout", "evaluate -c {ckpt} --data {empty}", ["cannot tell which dataset"]),
+    ("image-label-size", "evaluate -c {ckpt} --data {mismatch} --data-kind folder "
+     "--id-map {fullmap}", ["32x48", "16x48"]),
+    ("label-id-not-in-map", "evaluate -c {ckpt} --data {unmapped} --data-kind folder "
+     "--id-map {idmap}", ["id 2", "map"]),
+    ("explain-label-size", "explain -c {ckpt} -i {image} --class road --from-prediction tp "
+     "--label {small_label} --out {dir}/o", ["16x48", "32x48"]),
+    ("mask-size", "explain -c {ckpt} -i {image} --class road --mask {small_label} "
+     "--out {dir}/o", ["16x48"]),
+    # corrupt files
+    ("image-truncated", "explain -c {ckpt} -i {truncated} --class road --pixel 1,1 "
+     "--out {dir}/o", ["truncated"]),
+    ("image-is-text", "predict -c {ckpt} {text} --out {dir}/o", ["cannot read image"]),
+    ("label-is-text", "explain -c {ckpt} -i {image} --class road --from-prediction tp "
+     "--label {text} --out {dir}/o", ["cannot read label"]),
+    # label ids outside ROAD3
+    ("explain-label-7", "explain -c {ckpt} -i {image} --class road --from-prediction tp "
+     "--label {label7} --out {dir}/o", ["id 7"]),
+    ("study-label-7", "study -c {ckpt} --image {image} --label {label7} --quick -q "
+     "--out {dir}/st", ["id 7"]),
+    # pixels, masks, classes, layers, methods, rules, presets
+    ("pixel-too-far", "explain -c {ckpt} -i {image} --class road --pixel 9999,0 --out {dir}/o",
+     ["outside"]),
+    ("pixel-negative", "explain -c {ckpt} -i {image} --class road --pixel -1,3 --out {dir}/o",
+     ["outside"]),
+    ("pixel-not-numbers", "explain -c {ckpt} -i {image} --class road --pixel abc --out {dir}/o",
+     ["--pixel"]),
+    ("empty-mask", "explain -c {ckpt} -i {image} --class road --mask {empty_mask} "
+     "--out {dir}/o", ["no pixels"]),
+    ("unknown-class", "explain -c {ckpt} -i {image} --class sky --pixel 1,1 --out {dir}/o",
+     ["unknown class 'sky'"]),
+    ("class-index", "explain -c {ckpt} -i {image} --class 7 --pixel 1,1 --out {dir}/o",
+     ["out of range"]),
+    ("study-label-id-not-in-map", "study -c {ckpt} --real {unmapped} --id-map {idmap} "
+     "--quick -q --out {dir}/st", ["id 2", "map"]),
+    ("study-unknown-class", "study -c {ckpt} --class sky --quick -q --out {dir}/st",
+     ["unknown class"]),
+    ("unknown-layer", "explain -c {ckpt} -i {image} --class road --pixel 1,1 --method gradcam "
+     "--layer conv9_9 --out {dir}/o", ["conv9_9"]),
+    ("unknown-keep", "explain -c {ckpt} -i {image} --class road --pixel 1,1 --keep conv9_9 "
+     "--out {dir}/o", ["conv9_9"]),
+    ("study-unknown-layer", "study -c {ckpt} --layer conv9_9 --quick -q --out {dir}/st",
+     ["conv9_9"]),
+    ("unknown-method", "explain -c {ckpt} -i {image} --class road --pixel 1,1 --method foo "
+     "--out {dir}/o", ["unknown method"]),
+    ("option-of-other-method", "explain -c {ckpt} -i {image} --class road --pixel 1,1 "
+     "--layer conv4_1 --out {dir}/o", ["--layer", "lrp"]),
+    ("unknown-rule", "explain -c {ckpt} -i {image} --class road --pixel 1,1 --rule foo "
+     "--out {dir}/o", ["unknown lrp rule"]),
+    ("rule-for-unknown-layer", "explain -c {ckpt} -i {image} --class road --pixel 1,1 "
+     "--rule conv9_9=zbox --out {dir}/o", ["conv9_9"]),
+    ("bad-alpha-beta", "explain -c {ckpt} -i {image} --class road --pixel 1,1 "
+     "--rule alpha3beta1 --out {dir}/o", ["alpha - beta = 1"]),
+    ("nan-root", "explain -c {ckpt} -i {image} --class road --pixel 1,1 --method gradxinput "
+     "--root nan --out {dir}/o", ["finite"]),
+    ("unknown-preset", "synth --out {dir}/s --n 2 --preset nope", ["unknown preset"]),
+    ("unknown-scene-word", "synth --out {dir}/s --n 2 --set lane_style=zigzag", ["zigzag"]),
+    ("scene-out-of-range", "synth --out {dir}/s --n 2 --set fog=-3", ["fog"]),
+    ("unknown-choice", "explain -c {ckpt} -i {image} --class road --from-prediction xx "
+     "--out {dir}/o", ["--from-prediction"]),
+    # sizes and counts
+    ("size-zero", "evaluate -c {ckpt} --data {synth} --size 0x5", ["0x5"]),
+    ("size-text", "train --data {synth} --iters 1 --size abc --out {dir}/t", ["abc"]),
+    ("n-negative", "synth --out {dir}/s --n -1", ["--n"]),
+    ("synthetic-spec-negative", "evaluate -c {ckpt} --data synthetic:-1", ["at least 1"]),
+    ("batch-size-zero", "evaluate -c {ckpt} --data {synth} --batch-size 0", ["--batch-size"]),
+    ("workers-negative", "train --data {synth} --iters 1 --workers -1 --out {dir}/t",
+     ["workers"]),
+    ("val-every-without-val-data", "train --data {synth} --iters 1 --val-every 1 "
+     "--out {dir}/t", ["--val-data"]),
+    ("split-of-a-folder", "evaluate -c {ckpt} --data {synth} --split train", ["no splits"]),
+    ("int-not-a-number", "train --data {synth} --iters abc --out {dir}/t", ["--iters"]),
+    # checkpoints of something else
+    ("foreign-safetensors", "evaluate -c {foreign} --data {synth}", ["without segscope"]),
+    ("random-bytes", "evaluate -c {garbage} --data {synth}", ["not a segscope checkpoint"]),
+    ("truncated-checkpoint", "evaluate -c {cut} --data {synth}", ["not a segscope checkpoint"]),
+    ("pth-file", "explain -c {pth} -i {image} --class road --pixel 1,1 --out {dir}/o",
+     ["pickle"]),
+    ("evaluate-other-classes", "evaluate -c {five} --data {synth}", ["5 classes"]),
+    ("pretrained-not-vgg", "train --data {synth} --iters 1 --pretrained {foreign} "
+     "--out {dir}/t", ["vgg16"]),
+    # environment
+    ("unknown-device", "evaluate -c {ckpt} --data {synth} --device tpu", ["unknown device"]),
+    ("out-is-a-file", "explain -c {ckpt} -i {image} --class road --pixel 1,1 --out {a_file}",
+     ["not a folder"]),
+    ("evaluate-out-is-a-file", "evaluate -c {ckpt} --data {synth} --out {a_file}",
+     ["not a folder"]),
+    ("study-out-is-a-file", "study -c {ckpt} --quick -q --out {a_file}", ["not a folder"]),
+    ("train-out-is-a-file", "train --data {synth} --iters 1 --out {a_file}", ["not a folder"]),
+    ("report-not-a-study", "report {synth}", ["not a study folder"]),
+    ("report-on-a-file", "report {a_file}", ["not a study folder"]),
+    ("unknown-command", "nosuch", ["nosuch"]),
+]
+
+
+@pytest.mark.parametrize("argv, needles", [pytest.param(a, n, id=i) for i, a, n in CASES])
+def test_bad_input_is_one_line(f, capsys, argv, needles):
+    args = [part.format(**f) for part in argv.split()]
+    code, _, err = run_cli(args, capsys)
+    assert_one_error(code, err, *needles)
+    assert code == 2
+
+
+def test_device_cuda_without_cuda(f, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    code, _, err = run_cli(["evaluate", "-c", f["ckpt"], "--data", f["synth"],
+                            "--device", "cuda"], capsys)
+    assert_one_error(code, err, "no CUDA")
+
+
+@pytest.mark.parametrize("command", ["explain", "predict", "synth", "train", "study",
+                                     "evaluate"])
+def test_read_only_out(f, capsys, tmp_path, command):
+    out = _readonly(tmp_path)
+    args = {
+        "explain": ["explain", "-c", f["ckpt"], "-i", f["image"], "--class", "road",
+                    "--pixel", "1,1", "--out", out],
+        "predict": ["predict", "-c", f["ckpt"], f["image"], "--out", out],
+        "synth": ["synth", "--out", out, "--n", "1", "--size", f"{H}x{W}"],
+        "train": ["train", "--data", f["synth"], "--iters", "1", "--out", out, *TRAIN],
+        "study": ["study", "-c", f["ckpt"], "--quick", "-q", "--out", out],
+        "evaluate": ["evaluate", "-c", f["ckpt"], "--data", f["synth"], "--out", out],
+    }[command]
+    code, _, err = run_cli(args, capsys)
+    assert_one_error(code, err, "cannot write")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("model, needle", [("wide", "width 0.0625"), ("five", "3 classes")])
+def test_resume_with_checkpoint_of_another_model(f, capsys, tmp_path, model, needle):
+    run = tmp_path / "run"
+    shutil.copytree(f["run"], run)
+    # the state file's step must match, or resume stops earlier for another reason
+    from segscope.checkpoint import load_model
+
+    other, _ = load_model(f[model])
+    segscope.save_model(other, run / "checkpoint.safetensors", kind="checkpoint", step=2)
+    code, _, err = run_cli(["train", "--resume", "--out", run], capsys)
+    assert_one_error(code, err, "does not fit", needle)
+
+
+def test_resume_with_changed_option(f, capsys):
+    code, _, err = run_cli(["train", "--resume", "--out", f["run"], "--width", "0.125"], capsys)
+    assert_one_error(code, err, "--width 0.125 differs")
+
+
+def test_error_raised_in_a_dataloader_worker_is_one_line(f, capsys, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(f["synth"], data)
+    shutil.copy(f["truncated"], data / "images" / "000002.png")
+    code, _, err = run_cli(["evaluate", "-c", f["ckpt"], "--data", data, "--workers", "1",
+                            "-q"], capsys)
+    assert_one_error(code, err, "000002.png", "truncated")
+
+
+def test_bare_segscope_prints_help(capsys):
+    code, out, err = run_cli([], capsys)
+    assert code == 0 and "Usage: segscope" in out and err == ""
+
+
+def test_ctrl_c_saves_and_resume_matches_an_uninterrupted_run(f, capsys, tmp_path):
+    """A real SIGINT: exit 130 with one line and a checkpoint; ``--resume`` then ends
+    with exactly the weights of a run that was never stopped."""
+    from safetensors.torch import load_file
+
+    iters = 60
+    args = ["train", "--data", f["synth"], "--iters", str(iters), "--log-every", "1", *TRAIN]
+    stopped = tmp_path / "stopped"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "segscope", *args, "--out", str(stopped)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    metrics = stopped / "metrics.csv"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        if metrics.is_file() and len(metrics.read_text().splitlines()) >= 3:  # step 2 done
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert [line for line in err.splitlines() if line.strip()] == ["segscope: interrupted"]
+    from segscope.checkpoint import read_metadata
+
+    step = read_metadata(stopped / "checkpoint.safetensors")["step"]
+    assert 2 <= step < iters
+    assert not (stopped / "model.safetensors").exists()
+
+    code, _, err = run_cli(["train", "--resume", "--out", stopped], capsys)
+    assert code == 0, err
+    straight = tmp_path / "straight"
+    code, _, err = run_cli([*args, "--out", straight], capsys)
+    assert code == 0, err
+    a = load_file(str(stopped / "model.safetensors"))
+    b = load_file(str(straight / "model.safetensors"))
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert read_metadata(stopped / "model.safetensors")["step"] == iters
