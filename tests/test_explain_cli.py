@@ -13,15 +13,6 @@ from segscope.cli import main
 H, W = 40, 56
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny convolutions: threads only add synchronisation (and stall on a busy machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 
 @pytest.fixture
 def files(tmp_path, tiny_segnet):

@@ -5,24 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from _reference import numpy_conv
 from torch import nn
 
 from segscope import SegscopeError
 from segscope.explain import Concept, gradcam, gradcam_layers
 from segscope.explain.cam import gradcam_maps
-
-
-def _numpy_conv(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """3x3 convolution with zero padding 1, by loops."""
-    c_in, h, wd = x.shape
-    xp = np.zeros((c_in, h + 2, wd + 2))
-    xp[:, 1:-1, 1:-1] = x
-    out = np.zeros((w.shape[0], h, wd))
-    for k in range(w.shape[0]):
-        for i in range(h):
-            for j in range(wd):
-                out[k, i, j] = (w[k] * xp[:, i : i + 3, j : j + 3]).sum() + b[k]
-    return out
 
 
 def _numpy_bilinear(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -67,7 +55,7 @@ def test_one_pixel_gradcam_is_classic_gradcam_by_hand(pixel):
     image = torch.rand(3, 6, 8, generator=torch.Generator().manual_seed(1))
     y0, x0 = pixel
     c = 1
-    a = np.maximum(_numpy_conv(image.double().numpy(), net.conv1.weight.detach().double().numpy(),
+    a = np.maximum(numpy_conv(image.double().numpy(), net.conv1.weight.detach().double().numpy(),
                                net.conv1.bias.detach().double().numpy()), 0)
     w2 = net.conv2.weight.detach().double().numpy()
     # ∂y_c(y0,x0)/∂A_k(i,j) = W2[c,k,i-y0+1,j-x0+1] inside the 3x3 window and the image.

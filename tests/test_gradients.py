@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from _reference import numpy_conv
 from torch import nn
 
 import segscope
@@ -62,19 +63,6 @@ def test_relu_rule_restores_after_an_exception():
 
 
 # -- small networks with closed-form gradients ------------------------------------------
-def _numpy_conv(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """3x3 convolution with zero padding 1, by loops (the reference)."""
-    c_in, h, wd = x.shape
-    xp = np.zeros((c_in, h + 2, wd + 2))
-    xp[:, 1:-1, 1:-1] = x
-    out = np.zeros((w.shape[0], h, wd))
-    for k in range(w.shape[0]):
-        for i in range(h):
-            for j in range(wd):
-                out[k, i, j] = (w[k] * xp[:, i : i + 3, j : j + 3]).sum() + b[k]
-    return out
-
-
 def _linear_net(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     net = nn.Sequential(nn.Conv2d(3, 2, 3, padding=1))
@@ -99,7 +87,7 @@ def test_sensitivity_is_the_squared_kernel_for_a_linear_net():
 def test_gradient_x_input_sums_to_f_minus_bias_for_a_linear_net():
     net = _linear_net()
     image = torch.rand(3, 7, 9, generator=torch.Generator().manual_seed(2))
-    scores = _numpy_conv(image.double().numpy(), net[0].weight.detach().double().numpy(),
+    scores = numpy_conv(image.double().numpy(), net[0].weight.detach().double().numpy(),
                          net[0].bias.detach().double().numpy())
     bias = float(net[0].bias[0].detach())
     att = gradient_x_input(net, image, Concept.pixel(0, 2, 5))
@@ -111,7 +99,7 @@ def test_gradient_x_input_sums_to_f_minus_bias_for_a_linear_net():
     assert float(att.pixels.sum()) == pytest.approx(f - mask.sum() * bias, abs=1e-4)
     # With a root point x̃: Σ R = f(x) − f(x̃).
     root = torch.full_like(image, 0.5)
-    f_root = _numpy_conv(root.double().numpy(), net[0].weight.detach().double().numpy(),
+    f_root = numpy_conv(root.double().numpy(), net[0].weight.detach().double().numpy(),
                          net[0].bias.detach().double().numpy())[0][mask].sum()
     att = gradient_x_input(net, image, Concept.mask(0, mask), root=root)
     assert float(att.pixels.sum()) == pytest.approx(f - f_root, abs=1e-4)
@@ -156,7 +144,7 @@ def test_rule_attributions_match_the_closed_form(rule):
     image = torch.rand(3, 6, 8, generator=torch.Generator().manual_seed(5))
     y0, x0, c = 2, 5, 1
     w1 = net[0].weight.detach().double().numpy()
-    z = _numpy_conv(image.double().numpy(), w1, net[0].bias.detach().double().numpy())
+    z = numpy_conv(image.double().numpy(), w1, net[0].bias.detach().double().numpy())
     signal = net[2].weight.detach().double().numpy()[c, :, 0, 0]  # ∂y/∂(ReLU output)
     passed = relu_backward(torch.tensor(z[:, y0, x0]), torch.tensor(signal), rule).numpy()
     expected = np.zeros((3, 6, 8))

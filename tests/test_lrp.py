@@ -17,16 +17,6 @@ from segscope.explain.graph import build_graph, fold_bn
 from segscope.explain.relevance import forward_state, propagate
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny convolutions: threads only add synchronisation (and stall on a busy machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-
 def _image(h: int = 40, w: int = 56, seed: int = 0) -> torch.Tensor:
     return torch.rand(3, h, w, generator=torch.Generator().manual_seed(seed))
 

@@ -28,15 +28,6 @@ from segscope.explain.rules import (
 H, W_ = 5, 6
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny convolutions: threads only add synchronisation (and stall on a busy machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 
 def _conv(stride: int = 1, seed: int = 0) -> nn.Sequential:
     torch.manual_seed(seed)

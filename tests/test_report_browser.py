@@ -24,7 +24,6 @@ sys.path.insert(0, os.path.dirname(__file__))
 import test_study  # noqa: E402
 
 # The study folder of test_study, made again for this module (module-scoped fixtures).
-one_thread = test_study.one_thread
 study_folder = test_study.study_dir
 
 #: Appended to a copy of the report (the report itself has no script): on load, count the

@@ -29,15 +29,6 @@ TABLES = {"feature_values", "switch_off", "separation", "class_comparison", "div
           "bias", "absorbed"}
 
 
-@pytest.fixture(scope="module")
-def one_thread():
-    # Two threads on a shared, busy 2-core machine spin-wait far more than they compute.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _tiny_model() -> segscope.SegNet:
     torch.manual_seed(0)
     model = segscope.SegNet(num_classes=3, width=0.0625)
@@ -66,7 +57,7 @@ def _camvid_folder(root: Path, n: int = 2) -> Path:
 
 
 @pytest.fixture(scope="module")
-def study_dir(tmp_path_factory, one_thread):
+def study_dir(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("study")
     ckpt = segscope.save_model(_tiny_model(), tmp / "model.safetensors")
     real = _camvid_folder(tmp / "camvid")
@@ -157,7 +148,7 @@ def _error_line(capsys, argv) -> str:
     return err
 
 
-def test_bad_input_is_one_line(study_dir, tmp_path, capsys, one_thread):
+def test_bad_input_is_one_line(study_dir, tmp_path, capsys):
     _, ckpt, real = study_dir
     base = ["study", "--checkpoint", str(ckpt), "--synthetic", "synthetic:1:narrow:1",
             "--size", "64x96", "--quick", "--quiet", "--out", str(tmp_path / "o")]
@@ -174,7 +165,7 @@ def test_bad_input_is_one_line(study_dir, tmp_path, capsys, one_thread):
     assert "not a study folder" in _error_line(capsys, ["report", str(tmp_path)])
 
 
-def test_no_true_positives_is_a_clear_error(tmp_path, capsys, one_thread):
+def test_no_true_positives_is_a_clear_error(tmp_path, capsys):
     model = _tiny_model()
     with torch.no_grad():  # the last layer always says "background"
         model.conv1_1_D.weight.zero_()
@@ -186,7 +177,7 @@ def test_no_true_positives_is_a_clear_error(tmp_path, capsys, one_thread):
     assert "no true positives of class 'road'" in err
 
 
-def test_demo_step_falls_back_to_a_predicted_class(tmp_path, one_thread):
+def test_demo_step_falls_back_to_a_predicted_class(tmp_path):
     from types import SimpleNamespace
 
     from segscope.demo import DemoOptions

@@ -84,13 +84,6 @@ def _rel_l2(a, b):
     return float((a - b).double().norm() / b.double().norm())
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.mark.parametrize("biases", ["with biases", "zero biases"])
 def test_alpha1beta0_matches_zennit(zennit, tiny_segnet, biases):
