@@ -15,7 +15,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._io import atomic_path
 from .data.classes import ROAD3_COLOURS
 from .errors import SegscopeError
 from .metrics import ConfusionMatrix
@@ -196,11 +195,9 @@ def overlay(image: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray,
 
 def save_png(array: np.ndarray, path: str | os.PathLike) -> Path:
     """Write a uint8 (H,W) or (H,W,3) array as PNG atomically."""
-    from PIL import Image
+    from .data.io import write_png
 
-    with atomic_path(path) as tmp:
-        Image.fromarray(np.ascontiguousarray(array)).save(tmp, format="PNG")
-    return Path(path)
+    return write_png(path, array)
 
 
 def predict_files(

@@ -622,12 +622,13 @@ def _pick_synthetic(model, spec: str, cfg: StudySettings, device, names):
 
 def _scan_real(model, real, images, labels, cfg: StudySettings, device, kind="auto",
                id_map=None) -> list[Sample]:
-    from .data.io import read_image, read_label
+    from .data.io import read_label
     from .data.real import open_dataset, resize_image, resize_label
+    from .predict import load_image
 
     samples: list[Sample] = []
     for img_path, lab_path in zip(images, labels, strict=True):
-        image = torch.from_numpy(read_image(img_path)).permute(2, 0, 1).contiguous()
+        image = load_image(img_path)
         label = torch.from_numpy(read_label(lab_path).astype(np.int64))
         if tuple(label.shape) != tuple(image.shape[1:]):
             raise SegscopeError(f"label {lab_path} is {label.shape[0]}x{label.shape[1]}, the "

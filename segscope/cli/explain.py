@@ -64,6 +64,7 @@ def explain(ctx, checkpoint, image_path, method, cls, pixel, mask_path, kind, la
 
     from ..checkpoint import load_model
     from ..errors import SegscopeError
+    from ..predict import load_image
     from ._options import prepare_out_dir, resolve_device
 
     method = method.lower()
@@ -72,7 +73,7 @@ def explain(ctx, checkpoint, image_path, method, cls, pixel, mask_path, kind, la
             f"unknown method {method!r}; choose one of {LRP}, {', '.join(OTHER_METHODS)}"
         )
     _check_applies(ctx, method)
-    image = _read_image(image_path)
+    image = load_image(image_path)
     concept = _concept(cls, pixel, mask_path, kind, label_path, assign,
                        optional=method == "actmax" and channel is not None)
     dev = resolve_device(device)
@@ -109,15 +110,6 @@ def _check_applies(ctx, method: str) -> None:
                                 "--from-prediction) or --layer/--channel, not both")
         if ctx.params["layer"] is not None and ctx.params["channel"] is None:
             raise SegscopeError("actmax: --layer needs --channel (the channel to maximize)")
-
-
-def _read_image(path):
-    import torch
-
-    from ..data.io import read_image
-
-    arr = read_image(path)
-    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
 
 
 def _concept(cls, pixel, mask_path, kind, label_path, assign, optional=False):
@@ -223,6 +215,7 @@ def _run_method(method, model, image, concept, layer, channel, steps, root, out_
     import torch
 
     from ..errors import SegscopeError
+    from ..viz.cmap import to_numpy
 
     try:
         from ..explain import methods
@@ -232,13 +225,13 @@ def _run_method(method, model, image, concept, layer, channel, steps, root, out_
         ) from None
     result = methods.attribute(method, model, image, concept, layer=layer, root=root,
                                channel=channel, steps=steps, seed=0, quiet=quiet)
-    arrays = {"pixels": _np(result.pixels), "method": np.array(result.method),
+    arrays = {"pixels": to_numpy(result.pixels), "method": np.array(result.method),
               "concept": np.array(result.concept)}
     if result.input is not None:
-        arrays["input"] = _np(result.input)
+        arrays["input"] = to_numpy(result.input)
     for key, value in result.extras.items():
         if torch.is_tensor(value) or isinstance(value, np.ndarray):
-            arrays[f"extras/{key}"] = _np(value)
+            arrays[f"extras/{key}"] = to_numpy(value)
         elif isinstance(value, bool | int | float | str):
             arrays[f"extras/{key}"] = np.array(value)
     _save_npz(out_dir / f"{method}.npz", arrays)
@@ -251,12 +244,6 @@ def _run_method(method, model, image, concept, layer, channel, steps, root, out_
 
 
 # -- files -------------------------------------------------------------------------------
-def _np(t):
-    import numpy as np
-
-    return t.detach().float().cpu().numpy() if hasattr(t, "detach") else np.asarray(t)
-
-
 def _save_npz(path, arrays) -> None:
     import numpy as np
 
@@ -266,14 +253,14 @@ def _save_npz(path, arrays) -> None:
         np.savez_compressed(f, **arrays)
 
 
-def overlay_rgb(image, relevance, limit=None, signed=True):
+def _explain_overlay(image, relevance, limit=None, signed=True):
     """(H,W,3) uint8: the relevance colours over the picture, opaque where |R| is large."""
     import numpy as np
 
-    from ..viz.cmap import heatmap_rgb, symmetric_limit
+    from ..viz.cmap import heatmap_rgb, symmetric_limit, to_numpy
 
-    r = _np(relevance).astype(np.float64)
-    pic = _np(image).transpose(1, 2, 0)
+    r = to_numpy(relevance).astype(np.float64)
+    pic = to_numpy(image).transpose(1, 2, 0)
     limit = symmetric_limit(r) if limit is None else limit
     if signed:
         colours = heatmap_rgb(r, limit).astype(np.float64) / 255.0
@@ -290,4 +277,4 @@ def _save_pictures(image, relevance, heatmap_path, overlay_path, signed=True) ->
 
     if heatmap_path is not None:
         write_png(heatmap_path, heatmap_rgb(relevance))
-    write_png(overlay_path, overlay_rgb(image, relevance, signed=signed))
+    write_png(overlay_path, _explain_overlay(image, relevance, signed=signed))

@@ -1055,21 +1055,19 @@ def lrp(
     dropped = torch.zeros(n, dtype=torch.float64)
     size = _auto_batch(state, graph.output, n, batch_size)
     work: dict = {}  # scratch buffers shared by the chunks
+
+    def saver(node_names: list[str], lo: int, hi: int):
+        def save(r: torch.Tensor) -> None:
+            for name in node_names:
+                store[name][lo:hi] = r.to("cpu", dtype_keep)
+        return save
+
     with torch.no_grad():
         for lo, hi in _chunks(n, size):
-            def saver(r, lo=lo, hi=hi, node_names=()):
-                for name in node_names:
-                    store[name][lo:hi] = r.to("cpu", dtype_keep)
-
-            keep_fns = {i: (lambda r, ns=tuple(ns), lo=lo, hi=hi: saver(r, lo, hi, ns))
-                        for i, ns in by_node.items()}
+            keep_fns = {i: saver(ns, lo, hi) for i, ns in by_node.items()}
             res = _sweep(state, {graph.output: initial[lo:hi].to(state.device)}, keep_fns,
                          work=work)
-            inputs[lo:hi] = res.input.cpu()
-            dropped[lo:hi] = res.dropped.double().cpu()
-            for name, v in res.absorbed.items():
-                absorbed.setdefault(name, torch.zeros(n, dtype=torch.float64))[lo:hi] = \
-                    v.double().cpu()
+            _gather(res, lo, hi, inputs, dropped, absorbed)
     totals = initial.double().flatten(1).sum(1)
     results = []
     for b, c in enumerate(concepts):
@@ -1087,6 +1085,16 @@ def lrp(
             state=state,
         ))
     return results[0] if single else results
+
+
+def _gather(res: _SweepResult, lo: int, hi: int, inputs: torch.Tensor, dropped: torch.Tensor,
+            absorbed: dict[str, torch.Tensor]) -> None:
+    """Copy one chunk's sweep result into rows ``lo:hi`` of the CPU outputs."""
+    inputs[lo:hi] = res.input.cpu()
+    dropped[lo:hi] = res.dropped.double().cpu()
+    for name, v in res.absorbed.items():
+        absorbed.setdefault(name, torch.zeros(len(dropped), dtype=torch.float64))[lo:hi] = \
+            v.double().cpu()
 
 
 def _state_for(model: nn.Module, image: torch.Tensor, explanation: Explanation | None,
@@ -1217,9 +1225,5 @@ def propagate(
         for lo, hi in _chunks(n, size):
             start = rel[lo:hi].to(state.device, state.image.dtype)
             res = _sweep(state, {node: start}, work=work)
-            inputs[lo:hi] = res.input.cpu()
-            dropped[lo:hi] = res.dropped.double().cpu()
-            for name, v in res.absorbed.items():
-                absorbed.setdefault(name, torch.zeros(n, dtype=torch.float64))[lo:hi] = \
-                    v.double().cpu()
+            _gather(res, lo, hi, inputs, dropped, absorbed)
     return Propagation(inputs.sum(1), inputs, absorbed, dropped)

@@ -12,7 +12,7 @@ import torch
 
 def symmetric_limit(*maps: np.ndarray | torch.Tensor) -> float:
     """max |R| over all ``maps``: the shared scale of eq 9.2 (1.0 when all are zero)."""
-    limit = max((float(np.abs(_np(m)).max()) if _np(m).size else 0.0) for m in maps)
+    limit = max((float(np.abs(to_numpy(m)).max()) if to_numpy(m).size else 0.0) for m in maps)
     return limit if limit > 0 else 1.0
 
 
@@ -22,7 +22,7 @@ def heatmap_rgb(relevance: np.ndarray | torch.Tensor, limit: float | None = None
     ``limit`` is the value drawn at full red / full blue; by default the map's own max|R|.
     Values beyond it are clipped.
     """
-    r = _np(relevance).astype(np.float64)
+    r = to_numpy(relevance).astype(np.float64)
     if r.ndim != 2:
         raise ValueError(f"heatmap_rgb expects an (H,W) map, got shape {r.shape}")
     limit = symmetric_limit(r) if limit is None else float(limit)
@@ -36,5 +36,6 @@ def heatmap_rgb(relevance: np.ndarray | torch.Tensor, limit: float | None = None
     return np.round(rgb * 255).astype(np.uint8)
 
 
-def _np(a: np.ndarray | torch.Tensor) -> np.ndarray:
+def to_numpy(a: np.ndarray | torch.Tensor) -> np.ndarray:
+    """A tensor as float32 numpy (detached, on the CPU); anything else via ``np.asarray``."""
     return a.detach().float().cpu().numpy() if torch.is_tensor(a) else np.asarray(a)
