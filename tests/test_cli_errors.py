@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _cli import run_cli
 from PIL import Image
 
 import segscope
@@ -26,18 +27,6 @@ from segscope.cli import main
 
 H, W = 32, 48
 TRAIN = ["--width", "0.0625", "--size", f"{H}x{W}", "--batch-size", "2", "-q"]
-
-
-def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
-    """Exit status, stdout and stderr of ``segscope ARGS`` run in this process."""
-    try:
-        main([str(a) for a in args])
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    else:
-        code = 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def assert_one_error(code: int, err: str, *needles: str) -> None:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from _cli import run_cli
 from PIL import Image
 
 import segscope
-from segscope.cli import main
 
 H, W = 40, 56
 
@@ -24,24 +24,13 @@ def files(tmp_path, tiny_segnet):
     return tmp_path, ckpt, img
 
 
-def _run(args, capsys):
-    try:
-        main(args)
-    except SystemExit as exc:
-        code = exc.code
-    else:
-        code = 0
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 def test_lrp_end_to_end(files, capsys, tiny_segnet):
     tmp, ckpt, img = files
     mask = np.zeros((H, W), np.uint8)
     mask[15:25, 20:36] = 1
     Image.fromarray(mask).save(tmp / "mask.png")
     out = tmp / "out"
-    code, stdout, err = _run(["explain", "-c", str(ckpt), "-i", str(img), "--class", "road",
+    code, stdout, err = run_cli(["explain", "-c", str(ckpt), "-i", str(img), "--class", "road",
                               "--mask", str(tmp / "mask.png"), "--keep", "all",
                               "--out", str(out)], capsys)
     assert code == 0, err
@@ -81,7 +70,7 @@ def test_lrp_end_to_end(files, capsys, tiny_segnet):
 
 def test_pixel_and_prediction_concepts(files, capsys):
     tmp, ckpt, img = files
-    code, _, err = _run(["explain", "-c", str(ckpt), "-i", str(img), "--class", "1",
+    code, _, err = run_cli(["explain", "-c", str(ckpt), "-i", str(img), "--class", "1",
                          "--pixel", "3,4", "--rule", "conv1_1=zbox,default=alpha2beta1",
                          "--keep", "conv1_1,pool1", "--out", str(tmp / "a")], capsys)
     assert code == 0, err
@@ -91,7 +80,7 @@ def test_pixel_and_prediction_concepts(files, capsys):
     assert float(data["output_total"]) == pytest.approx(1.0)  # --pixel assigns 1
     label = np.ones((H, W), np.uint8)
     Image.fromarray(label).save(tmp / "label.png")
-    code, _, err = _run(["explain", "-c", str(ckpt), "-i", str(img), "--class", "road",
+    code, _, err = run_cli(["explain", "-c", str(ckpt), "-i", str(img), "--class", "road",
                          "--from-prediction", "fn", "--label", str(tmp / "label.png"),
                          "--assign", "one", "--out", str(tmp / "b")], capsys)
     if code == 0:
@@ -120,7 +109,7 @@ def _bad(tmp, ckpt, img, extra):
 )
 def test_bad_arguments(files, capsys, extra, message):
     tmp, ckpt, img = files
-    code, _, err = _run(_bad(tmp, ckpt, img, extra), capsys)
+    code, _, err = run_cli(_bad(tmp, ckpt, img, extra), capsys)
     assert code == 2
     assert err.startswith("segscope: error: ") and message in err
     assert err.count("\n") == 1 and "Traceback" not in err
@@ -146,7 +135,7 @@ def test_bad_files(files, capsys):
          "not a segscope checkpoint"),
     ]
     for args, message in cases:
-        code, _, err = _run(args, capsys)
+        code, _, err = run_cli(args, capsys)
         assert code == 2, args
         assert err.startswith("segscope: error: ") and message in err, err
         assert "Traceback" not in err
@@ -155,7 +144,7 @@ def test_bad_files(files, capsys):
 def test_gradient_method_writes_its_files(files, capsys):
     pytest.importorskip("segscope.explain.methods")
     tmp, ckpt, img = files
-    code, _, err = _run(_bad(tmp, ckpt, img, ["--class", "road", "--pixel", "20,20",
+    code, _, err = run_cli(_bad(tmp, ckpt, img, ["--class", "road", "--pixel", "20,20",
                                               "--method", "gradxinput"]), capsys)
     assert code == 0, err
     data = np.load(tmp / "bad" / "gradxinput.npz")

@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 import torch
+from _cli import exit_code
 from PIL import Image
 
 from segscope import SegNet, save_model
-from segscope.cli import main
 from segscope.errors import SegscopeError
 from segscope.metrics import (
     ConfusionMatrix,
@@ -104,15 +104,6 @@ def test_median_frequency_weights_absent_class_gets_one():
 
 
 # -- segscope evaluate -------------------------------------------------------------------
-def run(args: list[str]) -> int:
-    """Exit status of the ``segscope`` entry point."""
-    try:
-        main(args)
-    except SystemExit as exc:
-        return 0 if exc.code is None else int(exc.code)
-    return 0
-
-
 def camvid_folder(root, n=3, size=(32, 48), seed=0):
     """A CamVid-layout folder: 11-class ids (3 road, 0 sky, 11 unlabelled)."""
     rng = np.random.default_rng(seed)
@@ -140,7 +131,7 @@ def test_evaluate_cli_matches_independent_scoring(tiny_segnet, tiny_checkpoint, 
                                                   capsys):
     data = camvid_folder(tmp_path / "camvid")
     args = ["evaluate", "-c", str(tiny_checkpoint), "--data", str(data), "--json", "-q"]
-    assert run(args) == 0
+    assert exit_code(args) == 0
     got = json.loads(capsys.readouterr().out)
     # independent: argmax, merge road+markings, count with numpy
     cm = np.zeros((2, 2), np.int64)
@@ -161,7 +152,7 @@ def test_evaluate_cli_matches_independent_scoring(tiny_segnet, tiny_checkpoint, 
 
 def test_evaluate_cli_table_and_out(tiny_checkpoint, tmp_path, capsys):
     data = camvid_folder(tmp_path / "camvid", n=2)
-    assert run(["evaluate", "-c", str(tiny_checkpoint), "--data", str(data), "--out",
+    assert exit_code(["evaluate", "-c", str(tiny_checkpoint), "--data", str(data), "--out",
                 str(tmp_path / "ev"), "--limit", "1", "-q"]) == 0
     text = capsys.readouterr().out
     assert "mIoU" in text and "confusion matrix" in text
@@ -181,7 +172,7 @@ def test_evaluate_cli_bad_input(tiny_checkpoint, tmp_path, capsys, case):
         ckpt = str(save_model(SegNet(num_classes=5, width=0.0625), tmp_path / "k5.safetensors"))
     args = ["evaluate", "-c", ckpt, "--data",
             str(tmp_path / "nowhere") if case == "bad_data" else str(data), "-q"]
-    assert run(args) == 2
+    assert exit_code(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("segscope: error:")
 
@@ -190,5 +181,5 @@ def test_evaluate_cli_other_width_checkpoint_runs(tmp_path, capsys):
     # a checkpoint carries its own width: it loads and scores, nothing silently mixed
     path = save_model(SegNet(width=0.125), tmp_path / "w.safetensors")
     data = camvid_folder(tmp_path / "camvid", n=1)
-    assert run(["evaluate", "-c", str(path), "--data", str(data), "--json", "-q"]) == 0
+    assert exit_code(["evaluate", "-c", str(path), "--data", str(data), "--json", "-q"]) == 0
     assert json.loads(capsys.readouterr().out)["images"] == 1

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _cli import exit_code
 from PIL import Image
 
 import segscope
-from segscope.cli import main
 from segscope.data import SyntheticRoads
 
 #: Every top-level key of summary.json (documented in docs/study.md).
@@ -62,18 +62,10 @@ def study_dir(tmp_path_factory):
     ckpt = segscope.save_model(_tiny_model(), tmp / "model.safetensors")
     real = _camvid_folder(tmp / "camvid")
     out = tmp / "out"
-    assert _exit_code(["study", "--checkpoint", str(ckpt), "--synthetic", "synthetic:2:narrow:1",
+    assert exit_code(["study", "--checkpoint", str(ckpt), "--synthetic", "synthetic:2:narrow:1",
                        "--real", str(real), "--size", "64x96", "--quick", "--out", str(out),
                        "--device", "cpu", "--quiet"]) == 0
     return out, ckpt, real
-
-
-def _exit_code(argv: list[str]) -> int:
-    try:
-        main(argv)
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
 
 
 def test_study_writes_every_figure_table_and_key(study_dir):
@@ -137,12 +129,12 @@ def test_report_is_self_contained_and_rebuilds(study_dir, capsys):
     assert "of the relevance sits in" in page
     original = page
     (out / "report.html").unlink()
-    assert _exit_code(["report", str(out)]) == 0
+    assert exit_code(["report", str(out)]) == 0
     assert (out / "report.html").read_text() == original
 
 
 def _error_line(capsys, argv) -> str:
-    assert _exit_code(argv) == 2
+    assert exit_code(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("segscope: error: ") and "\n" not in err, err
     return err

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _cli import exit_code
 from PIL import Image
 
 from segscope import load_model, save_model
-from segscope.cli import main
 from segscope.data.classes import ROAD3_COLOURS
 from segscope.errors import SegscopeError
 from segscope.training import (
@@ -209,14 +209,6 @@ def test_bad_configs():
 
 
 # -- command line ------------------------------------------------------------------------
-def run(args: list[str]) -> int:
-    try:
-        main(args)
-    except SystemExit as exc:
-        return 0 if exc.code is None else int(exc.code)
-    return 0
-
-
 def camvid_folder(root: Path, n: int = 4, size=(32, 48)) -> Path:
     """A CamVid-layout folder (11-class ids: 3 road, 1 building, 11 unlabelled)."""
     for split in ("train", "val"):
@@ -237,7 +229,7 @@ def test_train_cli_writes_outputs_and_guards_resume(tmp_path, capsys):
     out = tmp_path / "run"
     args = ["train", "--data", str(data), "--val-data", str(data), "--width", "0.0625",
             "--iters", "3", "--batch-size", "2", "--out", str(out), "--quiet", "--seed", "1"]
-    assert run(args) == 0
+    assert exit_code(args) == 0
     for name in ("model.safetensors", "best.safetensors", "checkpoint.safetensors",
                  "checkpoint.state.safetensors", "metrics.csv", "metrics.json", "curves.png",
                  "config.json"):
@@ -247,12 +239,12 @@ def test_train_cli_writes_outputs_and_guards_resume(tmp_path, capsys):
     # CamVid has no markings: validation is on the road surface
     assert set(meta["val_metrics"]["iou"]) == {"background", "road surface"}
     capsys.readouterr()
-    assert run(["train", "--resume", "--out", str(out), "--iters", "5", "-q"]) == 2
+    assert exit_code(["train", "--resume", "--out", str(out), "--iters", "5", "-q"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--iters 5 differs" in err[0]
-    assert run(["train", "--resume", "--out", str(tmp_path / "empty"), "-q"]) == 2
+    assert exit_code(["train", "--resume", "--out", str(tmp_path / "empty"), "-q"]) == 2
     assert "nothing to resume" in capsys.readouterr().err
-    assert run(["train", "--data", "synthetic:4:nosuchpreset", "--iters", "1",
+    assert exit_code(["train", "--data", "synthetic:4:nosuchpreset", "--iters", "1",
                 "--out", str(tmp_path / "x"), "-q"]) == 2
     assert capsys.readouterr().err.count("\n") == 1
 
@@ -264,7 +256,7 @@ def test_train_cli_ctrl_c_exits_130(tmp_path, monkeypatch, capsys):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(segscope.training, "train", interrupted)
-    assert run(["train", "--iters", "1", "--out", str(tmp_path), "-q"]) == 130
+    assert exit_code(["train", "--iters", "1", "--out", str(tmp_path), "-q"]) == 130
     assert "interrupted" in capsys.readouterr().err
 
 
@@ -272,7 +264,7 @@ def test_predict_cli(tiny_segnet, tmp_path, capsys):
     ckpt = save_model(tiny_segnet, tmp_path / "m.safetensors")
     data = camvid_folder(tmp_path / "camvid", n=2)
     out = tmp_path / "pred"
-    assert run(["predict", "-c", str(ckpt), str(data / "val"), str(data / "train" / "s0.png"),
+    assert exit_code(["predict", "-c", str(ckpt), str(data / "val"), str(data / "train" / "s0.png"),
                 "--out", str(out), "-q"]) == 0
     names = sorted(p.name for p in out.iterdir())
     assert names == sorted(f"{s}_{k}.png" for s in ("s0", "s1", "s0_2")
@@ -294,7 +286,7 @@ def test_predict_cli(tiny_segnet, tmp_path, capsys):
                   "--out", str(out)],
                  ["predict", "-c", str(ckpt), str(tmp_path / "missing.png"), "--out", str(out)]):
         capsys.readouterr()
-        assert run(args) == 2
+        assert exit_code(args) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("segscope: error:")
 
@@ -333,7 +325,7 @@ def test_ddp_two_processes_with_gloo(tmp_path):
 def test_demo_quick_end_to_end(tmp_path, capsys):
     real = camvid_folder(tmp_path / "camvid", n=3, size=(48, 64))
     out = tmp_path / "demo"
-    assert run(["demo", "--quick", "--out", str(out), "--real", str(real), "--device", "cpu",
+    assert exit_code(["demo", "--quick", "--out", str(out), "--real", str(real), "--device", "cpu",
                 "-q"]) == 0
     printed = capsys.readouterr().out
     assert "synthetic val" in printed and "road surface" in printed
@@ -359,8 +351,8 @@ def test_demo_quick_end_to_end(tmp_path, capsys):
 
 
 def test_demo_bad_input(tmp_path, capsys):
-    assert run(["demo", "--quick", "--out", str(tmp_path / "d"), "--real",
+    assert exit_code(["demo", "--quick", "--out", str(tmp_path / "d"), "--real",
                 str(tmp_path / "nowhere"), "-q"]) == 2
     assert capsys.readouterr().err.count("\n") == 1
     (tmp_path / "file").write_text("x")
-    assert run(["demo", "--quick", "--out", str(tmp_path / "file"), "-q"]) == 2
+    assert exit_code(["demo", "--quick", "--out", str(tmp_path / "file"), "-q"]) == 2
