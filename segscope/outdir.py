@@ -1,0 +1,136 @@
+"""The output-folder rule every writing command follows.
+
+A command writes only into a folder that is new, empty, or marked as made by an earlier
+run of the *same* command. The mark is a small JSON file, :data:`MARKER`, written first.
+
+- new or empty folder: claimed, marked, used;
+- a folder of an earlier run of the same command: refused, unless the user says
+  ``--resume`` (continue it; the command keeps what is done) or ``--overwrite`` (its
+  contents are removed first, so two runs' files never mix);
+- any other non-empty folder (the user's own files, another command's run): always
+  refused; ``--overwrite`` never deletes what segscope did not make.
+
+Two runs' files therefore never share a folder, and nothing a user made is replaced
+without being asked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from ._io import write_json
+from .errors import SegscopeError
+
+#: The file that marks a folder as the output of one segscope command.
+MARKER = ".segscope-run.json"
+
+
+def read_marker(folder: str | os.PathLike) -> dict[str, Any] | None:
+    """The mark of ``folder`` as a dict, or None when it has none (or an unreadable one)."""
+    path = Path(folder) / MARKER
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def claim_output(
+    path: str | os.PathLike,
+    command: str,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    flag: str = "--out",
+    settings: dict[str, Any] | None = None,
+) -> Path:
+    """Check, create and mark the output folder of one run of ``segscope COMMAND``.
+
+    Parameters
+    ----------
+    path
+        The folder the user named.
+    command
+        The command's name (``"train"``, ``"diagnose"``, ...), written into the mark.
+    resume
+        Continue an earlier run of the same command in this folder.
+    overwrite
+        Remove the contents of an earlier run of the same command before starting.
+    flag
+        The option's name, for messages.
+    settings
+        JSON-able settings recorded in the mark (what made this folder).
+
+    Returns
+    -------
+    Path
+        The folder, existing, writable and marked.
+
+    Raises
+    ------
+    SegscopeError
+        When the folder may not be used; the message says why and what to do.
+    """
+    if resume and overwrite:
+        raise SegscopeError("--resume and --overwrite exclude each other")
+    out = Path(path)
+    if out.is_symlink() and not out.exists():
+        raise SegscopeError(f"{flag} {out} is a broken symbolic link")
+    if out.exists() and not out.is_dir():
+        raise SegscopeError(f"{flag} {out} exists and is not a folder")
+    entries = _entries(out) if out.is_dir() else []
+    mark = read_marker(out) if entries else None
+    if entries:
+        if mark is None:
+            raise SegscopeError(
+                f"{flag} {out} is not empty and was not made by segscope {command}; "
+                "choose a new or empty folder (nothing in it was touched)")
+        if mark.get("command") != command:
+            raise SegscopeError(
+                f"{flag} {out} holds the output of 'segscope {mark.get('command')}', "
+                f"not of 'segscope {command}'; choose another folder")
+        if overwrite:
+            _clear(out)
+        elif not resume:
+            raise SegscopeError(
+                f"{flag} {out} holds an earlier 'segscope {command}' run; add --resume to "
+                "continue it, --overwrite to replace it, or choose another folder")
+    elif resume:
+        raise SegscopeError(f"--resume: {flag} {out} holds no earlier run to continue")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):  # a real write: root passes os.access
+            pass
+    except OSError as exc:
+        raise SegscopeError(
+            f"cannot write into {flag} folder {out}: {exc.strerror or exc}") from None
+    if not (resume and mark is not None):
+        write_json(out / MARKER, {
+            "command": command,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "settings": settings or {},
+        })
+    return out
+
+
+def _entries(folder: Path) -> list[str]:
+    try:
+        return sorted(os.listdir(folder))
+    except OSError as exc:
+        raise SegscopeError(f"cannot read folder {folder}: {exc.strerror or exc}") from None
+
+
+def _clear(folder: Path) -> None:
+    """Remove everything in ``folder`` (a folder this command made), keeping the folder."""
+    for name in _entries(folder):
+        target = folder / name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        else:
+            target.unlink()

@@ -1,0 +1,53 @@
+"""The output-folder rule: new/empty folders are claimed, a user's files are never touched."""
+
+from __future__ import annotations
+
+import pytest
+
+from segscope.errors import SegscopeError
+from segscope.outdir import MARKER, claim_output, read_marker
+
+
+def test_new_folder_is_claimed_and_marked(tmp_path):
+    out = claim_output(tmp_path / "run", "train", settings={"n": 3})
+    assert read_marker(out)["command"] == "train"
+    assert read_marker(out)["settings"] == {"n": 3}
+
+
+def test_users_folder_is_refused_even_with_overwrite(tmp_path):
+    (tmp_path / "a_pred.png").write_bytes(b"mine")
+    for kwargs in ({}, {"overwrite": True}, {"resume": True}):
+        with pytest.raises(SegscopeError, match="not empty and was not made by"):
+            claim_output(tmp_path, "predict", **kwargs)
+    assert (tmp_path / "a_pred.png").read_bytes() == b"mine"
+    assert not (tmp_path / MARKER).exists()
+
+
+def test_earlier_run_needs_resume_or_overwrite(tmp_path):
+    out = claim_output(tmp_path / "run", "synth")
+    (out / "old.png").write_bytes(b"old")
+    with pytest.raises(SegscopeError, match="--resume to continue it, --overwrite"):
+        claim_output(out, "synth")
+    assert claim_output(out, "synth", resume=True) == out
+    assert (out / "old.png").exists()
+    claim_output(out, "synth", overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == [MARKER]
+
+
+def test_another_commands_folder_is_refused(tmp_path):
+    out = claim_output(tmp_path / "run", "study")
+    with pytest.raises(SegscopeError, match="output of 'segscope study'"):
+        claim_output(out, "train", overwrite=True)
+
+
+def test_resume_of_nothing_and_bad_paths(tmp_path):
+    with pytest.raises(SegscopeError, match="no earlier run"):
+        claim_output(tmp_path / "new", "train", resume=True)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SegscopeError, match="not a folder"):
+        claim_output(tmp_path / "file", "train")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(SegscopeError, match="broken symbolic link"):
+        claim_output(tmp_path / "dangling", "train")
+    with pytest.raises(SegscopeError, match="exclude each other"):
+        claim_output(tmp_path / "x", "train", resume=True, overwrite=True)
