@@ -15,17 +15,26 @@ convolution per term for a whole batch of concepts.
 
 Notation as in SPEC §3: z_ij = x_i w_ij, f⁺ = max(f, 0), f⁻ = min(f, 0).
 
+Nodes without weights that merge inputs have rules too (:class:`SplitRule`): an
+addition splits its relevance in proportion to the summands (:class:`Proportional`), a
+concatenation by channel (:class:`ChannelSplit`).
+
 Every rule can be written as a string: ``alpha1beta0``, ``alpha2beta1``,
 ``alpha1beta0:nobias``, ``epsilon``, ``epsilon:0.01``, ``zplus``, ``gamma``,
-``gamma:0.25``, ``flat``, ``wsquare``, ``zbox``, ``zbox:-1:1``.
+``gamma:0.25``, ``flat``, ``wsquare``, ``zbox``, ``zbox:-1:1``, ``proportional``.
+A whole specification — one rule, or rules per layer such as
+``conv1_1=zbox,conv=alpha1beta0,default=epsilon:0.01`` or the same as a dict — is parsed
+in one place, :func:`parse_rules`, into a :class:`RuleSpec`; every ``rule=`` argument and
+every command's ``--rule`` goes through it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import torch
 
@@ -73,7 +82,12 @@ def _num(v: float) -> str:
 
 
 class Rule:
-    """Base class: ``terms(x, op)`` gives the backward step of one layer."""
+    """Base class: ``terms(x, op)`` gives the backward step of one layer.
+
+    ``applies_to`` names the node kinds the rule can be given to.
+    """
+
+    applies_to: ClassVar[tuple[str, ...]] = ("conv", "linear")
 
     def terms(self, x: torch.Tensor, op: LinearOp,
               nonneg: bool | None = None) -> list[Term]:  # pragma: no cover
@@ -267,11 +281,75 @@ def _bound(value: Any, x: torch.Tensor) -> torch.Tensor:
     return t.expand_as(x).contiguous()
 
 
-# -- parsing -----------------------------------------------------------------------------
-_ALPHA_BETA = re.compile(r"^alpha([0-9.]+)beta([0-9.]+)(:nobias)?$")
+# -- rules of the nodes without weights ---------------------------------------------------
+class SplitRule(Rule):
+    """Base class of the rules of nodes that merge several inputs (``add``, ``cat``).
 
+    ``split(parts, r)`` gives each input's relevance from the relevance ``r`` of the
+    node's output and the forward values ``parts`` of its inputs (batch 1).
+    """
+
+    def split(self, parts: Sequence[torch.Tensor],
+              r: torch.Tensor) -> list[torch.Tensor]:  # pragma: no cover
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Proportional(SplitRule):
+    """Addition ``a + b``: each summand gets its share z_a / (z_a + z_b) (no bias, 0/0 = 0)."""
+
+    applies_to: ClassVar[tuple[str, ...]] = ("add",)
+
+    @property
+    def name(self) -> str:
+        return "proportional"
+
+    def split(self, parts: Sequence[torch.Tensor], r: torch.Tensor) -> list[torch.Tensor]:
+        a, b = parts
+        share = r * recip(a + b)
+        return [share * a, share * b]
+
+
+@dataclass(frozen=True)
+class ChannelSplit(SplitRule):
+    """Channel concatenation: each input gets the relevance of its own channels."""
+
+    applies_to: ClassVar[tuple[str, ...]] = ("cat",)
+
+    @property
+    def name(self) -> str:
+        return "channels"
+
+    def split(self, parts: Sequence[torch.Tensor], r: torch.Tensor) -> list[torch.Tensor]:
+        return list(torch.split(r, [p.shape[1] for p in parts], dim=1))
+
+
+# -- parsing -----------------------------------------------------------------------------
+#: Rule names and their classes; the parameters after ``:`` are the class's fields in
+#: order (``epsilon:0.01`` is ``Epsilon(0.01)``). Adding a rule is one line here.
+RULES: dict[str, Callable[..., Rule]] = {
+    "epsilon": Epsilon,
+    "zplus": ZPlus,
+    "gamma": Gamma,
+    "flat": Flat,
+    "wsquare": WSquare,
+    "zbox": ZBox,
+    "proportional": Proportional,
+    "channels": ChannelSplit,
+}
+
+#: Rule names shown in help texts and error messages.
 RULE_NAMES = ("alpha1beta0", "alpha2beta1", "epsilon", "zplus", "gamma", "flat", "wsquare",
               "zbox")
+
+#: Default rule of the nodes of each kind without an explicit one.
+DEFAULTS: dict[str, Rule] = {"conv": AlphaBeta(), "linear": AlphaBeta(),
+                             "add": Proportional(), "cat": ChannelSplit()}
+
+#: Keys of a per-layer rule mapping that are not layer names.
+TYPE_KEYS = ("first", "conv", "linear", "add", "default")
+
+_ALPHA_BETA = re.compile(r"^alpha([0-9.]+)beta([0-9.]+)(:nobias)?$")
 
 
 def _float(text: str, spec: str) -> float:
@@ -295,81 +373,156 @@ def parse_rule(spec: Rule | str) -> Rule:
     head, *args = text.split(":")
     nobias = "nobias" in args
     args = [a for a in args if a != "nobias"]
-    makers: dict[str, Callable[..., Rule]] = {
-        "epsilon": lambda *a: Epsilon(*a, bias=not nobias),
-        "zplus": ZPlus,
-        "gamma": lambda *a: Gamma(*a, bias=not nobias),
-        "flat": Flat,
-        "wsquare": WSquare,
-        "zbox": ZBox,
-    }
-    if head not in makers:
+    if head not in RULES:
         raise SegscopeError(
-            f"unknown LRP rule {spec!r}; choose one of {', '.join(RULE_NAMES)} "
+            f"unknown LRP rule {spec.strip()!r}; choose one of {', '.join(RULE_NAMES)} "
             "(e.g. epsilon:0.01, gamma:0.25, alpha2beta1)"
         )
     try:
-        return makers[head](*(_float(a, spec) for a in args))
+        rule = RULES[head](*(_float(a, spec) for a in args))
     except TypeError:
-        raise SegscopeError(f"rule {spec!r} has too many parameters") from None
+        raise SegscopeError(f"rule {spec.strip()!r} has too many parameters") from None
+    if nobias and hasattr(rule, "bias"):
+        rule = dataclasses.replace(rule, bias=False)
+    return rule
 
 
-#: Keys of a per-layer rule mapping that are not layer names.
-TYPE_KEYS = ("first", "conv", "linear", "default")
+@dataclass(frozen=True)
+class RuleSpec:
+    """A parsed rule specification: one rule for every layer, or per-layer entries.
+
+    Build it with :func:`parse_rules`. ``entries`` is ``(("*", rule),)`` for one rule,
+    else ``((key, rule), ...)`` with keys layer names or :data:`TYPE_KEYS`.
+    """
+
+    entries: tuple[tuple[str, Rule], ...]
+
+    @property
+    def single(self) -> Rule | None:
+        """The one rule of every layer, or ``None`` for a per-layer spec."""
+        (key, rule), *rest = self.entries
+        return rule if key == "*" and not rest else None
+
+    @property
+    def text(self) -> str:
+        """The spec as text, accepted back by :func:`parse_rules`."""
+        if self.single is not None:
+            return self.single.name
+        return ", ".join(f"{k}={r.name}" for k, r in self.entries)
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def parse_rules(spec: Any) -> RuleSpec:
+    """The typed rule specification from any form the API and the CLI accept.
+
+    ``spec`` is a :class:`RuleSpec`, a :class:`Rule`, a rule name (``"alpha1beta0"``,
+    ``"epsilon:0.01"``), a per-layer text (``"conv1_1=zbox,conv=alpha1beta0,
+    default=epsilon:0.01"``), a mapping ``{layer or kind key: rule}`` or a list of
+    ``(key, rule)`` pairs. Errors name the bad part in one line.
+    """
+    if isinstance(spec, RuleSpec):
+        return spec
+    if isinstance(spec, Rule):
+        return RuleSpec((("*", spec),))
+    if isinstance(spec, str):
+        if "=" not in spec:
+            return RuleSpec((("*", parse_rule(spec)),))
+        pairs: list[Any] = []
+        for part in spec.split(","):
+            if "=" not in part:
+                raise SegscopeError(f"rule {spec!r}: expected layer=rule pairs separated by "
+                                    f"commas, got {part.strip()!r}")
+            key, value = part.split("=", 1)
+            pairs.append((key.strip(), value.strip()))
+    elif isinstance(spec, Mapping):
+        pairs = list(spec.items())
+    elif isinstance(spec, Sequence):
+        pairs = list(spec)
+    else:
+        raise SegscopeError(f"a rule is a name, a per-layer text or mapping, or a Rule "
+                            f"object; got {type(spec).__name__}")
+    if not pairs:
+        raise SegscopeError("the per-layer rule specification is empty")
+    entries: list[tuple[str, Rule]] = []
+    for item in pairs:
+        if not (isinstance(item, tuple | list) and len(item) == 2):
+            raise SegscopeError(f"a per-layer rule is a (layer, rule) pair, got {item!r}")
+        key = str(item[0]).strip()
+        if not key:
+            raise SegscopeError(f"a per-layer rule has an empty layer name: {item!r}")
+        if key in (k for k, _ in entries):
+            raise SegscopeError(f"rule given twice for {key!r}")
+        try:
+            entries.append((key, parse_rule(item[1])))
+        except SegscopeError as exc:
+            raise SegscopeError(f"{key}={item[1]}: {exc}") from None
+    return RuleSpec(tuple(entries))
 
 
 def resolve_rules(
-    spec: Rule | str | Mapping[str, Rule | str] | Sequence[tuple[str, Rule | str]],
-    linear_nodes: Mapping[int, tuple[str, str]],
+    spec: RuleSpec,
+    nodes: Mapping[int, tuple[str, str]],
     aliases: Mapping[str, int],
     first: int,
-) -> tuple[dict[int, Rule], str]:
-    """The rule of every weighted node, and a one-line description.
+) -> dict[int, Rule]:
+    """The rule of every node that has one (weighted layers, additions, concatenations).
+
+    A layer name beats ``first`` (the pixel layer), ``first`` beats the node's kind
+    (``conv``, ``linear``, ``add``), the kind beats ``default``; without ``default``,
+    weighted layers get ``alpha1beta0``. ``default`` and ``first`` reach weighted layers
+    only; an addition keeps :class:`Proportional` and a concatenation
+    :class:`ChannelSplit` unless named.
 
     Parameters
     ----------
-    spec
-        One rule for every layer, or a mapping (dict, or list of ``(key, rule)`` pairs)
-        from layer names or the keys ``first`` (the pixel layer), ``conv``, ``linear``,
-        ``default`` to rules. A layer name beats ``first``, ``first`` beats the kind,
-        the kind beats ``default``; without ``default`` the default is ``alpha1beta0``.
-    linear_nodes
-        node index -> (node name, kind) of the weighted nodes.
+    nodes
+        node index -> (node name, kind) of the nodes that take a rule.
     aliases
         Other names (public layer names) -> node index.
     first
         The node index of the pixel layer.
     """
-    if isinstance(spec, Rule | str):
-        rule = parse_rule(spec)
-        return {i: rule for i in linear_nodes}, rule.name
-    pairs = list(spec.items()) if isinstance(spec, Mapping) else list(spec)
-    by_node: dict[int, Rule] = {}
-    by_key: dict[str, Rule] = {}
-    names = {name: i for i, (name, _) in linear_nodes.items()}
-    for item in pairs:
-        if not (isinstance(item, tuple | list) and len(item) == 2):
-            raise SegscopeError(f"a per-layer rule is a (layer, rule) pair, got {item!r}")
-        key, value = str(item[0]), parse_rule(item[1])
-        if key in TYPE_KEYS:
-            by_key[key] = value
-            continue
-        index = names.get(key, aliases.get(key))
-        if index is None or index not in linear_nodes:
-            sample = ", ".join(list(names)[:4])
-            raise SegscopeError(
-                f"rule given for {key!r}, which is not a conv/linear layer of this model "
-                f"(e.g. {sample}; or one of {', '.join(TYPE_KEYS)})"
-            )
-        by_node[index] = value
-    default = by_key.get("default", AlphaBeta())
-    out = {}
-    for i, (_, kind) in linear_nodes.items():
+    weighted = ("conv", "linear")
+    if spec.single is not None:
+        by_key = {"default": spec.single}
+        by_node: dict[int, Rule] = {}
+    else:
+        by_key, by_node = {}, {}
+        names = {name: i for i, (name, _) in nodes.items()}
+        for key, rule in spec.entries:
+            if key in TYPE_KEYS:
+                by_key[key] = rule
+                continue
+            index = names.get(key, aliases.get(key))
+            if index is None or index not in nodes:
+                sample = ", ".join(n for n, k in list(nodes.values()) if k in weighted)
+                sample = ", ".join(sample.split(", ")[:4])
+                raise SegscopeError(
+                    f"rule given for {key!r}, which is not a conv/linear/add layer of this "
+                    f"model (e.g. {sample}; or one of {', '.join(TYPE_KEYS)})"
+                )
+            by_node[index] = rule
+    out: dict[int, Rule] = {}
+    for i, (name, kind) in nodes.items():
         if i in by_node:
-            out[i] = by_node[i]
+            rule, key = by_node[i], name
         elif i == first and "first" in by_key:
-            out[i] = by_key["first"]
+            rule, key = by_key["first"], "first"
+        elif kind in by_key:
+            rule, key = by_key[kind], kind
+        elif kind in weighted and "default" in by_key:
+            rule, key = by_key["default"], "default"
         else:
-            out[i] = by_key.get(kind, default)
-    desc = ", ".join(f"{k}={parse_rule(v).name}" for k, v in pairs)
-    return out, desc
+            rule, key = DEFAULTS[kind], ""
+        if kind not in rule.applies_to:
+            if key in ("default", "first") and kind not in weighted:
+                rule = DEFAULTS[kind]
+            else:
+                raise SegscopeError(
+                    f"rule {rule.name!r} (for {key!r}) does not apply to {name!r}, a {kind} "
+                    f"node (it applies to {', '.join(rule.applies_to)})"
+                )
+        out[i] = rule
+    return out
