@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import click
 
+from ..explain.methods import METHODS, OPTIONS
 from ._options import device_option
 
 LRP = "lrp"
-#: Names of the gradient family (segscope.explain.methods.METHODS), listed for --help.
-OTHER_METHODS = ("gradcam", "gradcam-rf", "sensitivity", "gradxinput", "deconvnet", "guided",
-                 "actmax")
 
 
 @click.command("explain")
@@ -18,7 +16,7 @@ OTHER_METHODS = ("gradcam", "gradcam-rf", "sensitivity", "gradxinput", "deconvne
 @click.option("--image", "-i", "image_path", required=True, type=click.Path(),
               help="The picture to explain.")
 @click.option("--method", "-m", default=LRP, show_default=True,
-              help=f"{LRP} or one of {', '.join(OTHER_METHODS)}.")
+              help=f"One of {', '.join(METHODS)}.")
 @click.option("--class", "cls", default=None, help="Class name or index to explain.")
 @click.option("--pixel", default=None, metavar="Y,X", help="Explain one output pixel.")
 @click.option("--mask", "mask_path", default=None, type=click.Path(),
@@ -33,7 +31,8 @@ OTHER_METHODS = ("gradcam", "gradcam-rf", "sensitivity", "gradxinput", "deconvne
 @click.option("--rule", default="alpha1beta0", show_default=True,
               help="LRP rule, or per layer: 'conv1_1=zbox,default=alpha1beta0'.")
 @click.option("--keep", default="none", show_default=True,
-              help="LRP layers to save: all, none, or names separated by commas.")
+              help="LRP layers to save: all, none, totals (per-channel sums of every "
+                   "layer), or names separated by commas.")
 @click.option("--layer", default=None,
               help="gradcam/gradcam-rf: the layer [conv5_1_D]; actmax: the layer of --channel.")
 @click.option("--channel", type=int, default=None, help="actmax: channel of --layer.")
@@ -64,15 +63,15 @@ def explain(ctx, checkpoint, image_path, method, cls, pixel, mask_path, kind, la
 
     from ..checkpoint import load_model
     from ..errors import SegscopeError
+    from ..explain.rules import parse_rules
     from ..predict import load_image
     from ._options import prepare_out_dir, resolve_device
 
     method = method.lower()
-    if method != LRP and method not in OTHER_METHODS:
-        raise SegscopeError(
-            f"unknown method {method!r}; choose one of {LRP}, {', '.join(OTHER_METHODS)}"
-        )
+    if method not in METHODS:
+        raise SegscopeError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     _check_applies(ctx, method)
+    rule_spec = parse_rules(rule)  # a bad --rule fails before any work
     image = load_image(image_path)
     concept = _concept(cls, pixel, mask_path, kind, label_path, assign,
                        optional=method == "actmax" and channel is not None)
@@ -81,18 +80,17 @@ def explain(ctx, checkpoint, image_path, method, cls, pixel, mask_path, kind, la
     model, _ = load_model(checkpoint, map_location=dev)
     out_dir = Path(out)
     if method == LRP:
-        _run_lrp(model, image, concept, rule, keep, out_dir, quiet)
+        _run_lrp(model, image, concept, rule_spec, keep, out_dir, quiet)
     else:
         _run_method(method, model, image, concept, layer, channel, steps, root, out_dir, quiet)
 
 
 # -- inputs ------------------------------------------------------------------------------
-#: Method-specific options and the methods that use them; given to another method they
-#: would be ignored, and the user would read a result computed without them.
-_APPLIES = {
-    "rule": (LRP,), "keep": (LRP,), "layer": ("gradcam", "gradcam-rf", "actmax"),
-    "channel": ("actmax",), "steps": ("actmax",), "root": ("gradxinput",),
-}
+#: Method-specific options (the --flag names) and the methods that use them; given to
+#: another method they would be ignored, and the user would read a result computed
+#: without them.
+_APPLIES = {name: OPTIONS[name] for name in ("rule", "keep", "layer", "channel", "steps",
+                                             "root")}
 
 
 def _check_applies(ctx, method: str) -> None:
@@ -113,8 +111,6 @@ def _check_applies(ctx, method: str) -> None:
 
 
 def _concept(cls, pixel, mask_path, kind, label_path, assign, optional=False):
-    import numpy as np
-
     from ..errors import SegscopeError
     from ..explain import Concept
 
@@ -139,40 +135,33 @@ def _concept(cls, pixel, mask_path, kind, label_path, assign, optional=False):
             raise SegscopeError(f"--pixel must be Y,X (two integers), got {pixel!r}") from None
         return Concept.pixel(cls_key, y, x, assign=assign or "one")
     if mask_path is not None:
-        from ..data.io import read_label
-
-        return Concept.mask(cls_key, np.array(read_label(mask_path)), assign=assign or "score")
+        return Concept.mask(cls_key, _read_ids(mask_path, "mask"), assign=assign or "score")
     if label_path is None:
         raise SegscopeError("--from-prediction needs --label (the ground-truth label PNG)")
-    from ..data.io import read_label
-
-    return Concept.from_prediction(cls_key, kind, read_label(label_path).astype("int64"),
+    return Concept.from_prediction(cls_key, kind, _read_ids(label_path, "label"),
                                    assign=assign or "score")
 
 
-def _parse_rule(text: str):
+def _read_ids(path, what: str):
+    """(H,W) int64 ids of a label-style PNG; errors call the file what it is (a mask)."""
+    from ..data.io import read_label
     from ..errors import SegscopeError
 
-    if "=" not in text:
-        return text
-    pairs = []
-    for part in text.split(","):
-        if "=" not in part:
-            raise SegscopeError(f"--rule: expected layer=rule pairs separated by commas, "
-                                f"got {part!r}")
-        key, value = part.split("=", 1)
-        if key.strip() in (k for k, _ in pairs):
-            raise SegscopeError(f"--rule: {key.strip()!r} is given twice")
-        pairs.append((key.strip(), value.strip()))
-    return pairs
+    try:
+        return read_label(path).astype("int64")
+    except SegscopeError as exc:
+        msg = str(exc)
+        for old in ("label file ", "cannot read label "):
+            msg = msg.replace(old, old.replace("label", what), 1)
+        raise SegscopeError(msg) from None
 
 
 def _parse_keep(text: str):
     text = text.strip()
     if text.lower() in ("", "none"):
         return None
-    if text.lower() == "all":
-        return "all"
+    if text.lower() in ("all", "totals"):
+        return text.lower()
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
@@ -182,7 +171,7 @@ def _run_lrp(model, image, concept, rule, keep, out_dir, quiet) -> None:
 
     from ..explain.relevance import lrp
 
-    e = lrp(model, image, concept, rule=_parse_rule(rule), keep=_parse_keep(keep))
+    e = lrp(model, image, concept, rule=rule, keep=_parse_keep(keep))
     arrays = {
         "pixels": e.pixels.numpy(),
         "input": e.input.numpy(),
@@ -197,6 +186,8 @@ def _run_lrp(model, image, concept, rule, keep, out_dir, quiet) -> None:
     }
     for name, rel in e.layers.items():
         arrays[f"layer/{name}"] = rel.float().numpy()
+    for name, totals in e.totals.items():
+        arrays[f"totals/{name}"] = totals.numpy()
     _save_npz(out_dir / "relevance.npz", arrays)
     _save_pictures(image, e.pixels, out_dir / "heatmap.png", out_dir / "overlay.png")
     if not quiet:
@@ -214,15 +205,9 @@ def _run_method(method, model, image, concept, layer, channel, steps, root, out_
     import numpy as np
     import torch
 
-    from ..errors import SegscopeError
+    from ..explain import methods
     from ..viz.cmap import to_numpy
 
-    try:
-        from ..explain import methods
-    except ImportError:
-        raise SegscopeError(
-            f"method {method!r} is not available: segscope.explain.methods is missing"
-        ) from None
     result = methods.attribute(method, model, image, concept, layer=layer, root=root,
                                channel=channel, steps=steps, seed=0, quiet=quiet)
     arrays = {"pixels": to_numpy(result.pixels), "method": np.array(result.method),

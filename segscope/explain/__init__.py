@@ -1,9 +1,11 @@
 """Explanations of per-pixel decisions: LRP, Grad-CAM and the gradient family.
 
 Every method takes the same :class:`Concept` objects (which output neurons, with which
-initial relevance) and an image (3,H,W). The public API is re-exported here; the
-algorithms live one per module (``relevance`` for LRP, ``cam`` for Grad-CAM,
-``gradients`` for the chapter-5 methods, ``receptive`` for receptive fields).
+initial relevance) and an image (3,H,W), and every method is reachable through one call,
+:func:`attribute` (names in :data:`METHODS`). The public API is re-exported here; the
+algorithms live one per module (``relevance`` for LRP with its engine in ``rules``,
+``nodes``, ``state``, ``sweep``; ``cam`` for Grad-CAM, ``gradients`` for the chapter-5
+methods, ``receptive`` for receptive fields).
 """
 
 from __future__ import annotations
@@ -19,8 +21,18 @@ from .gradients import (
 )
 from .methods import METHODS, attribute
 from .receptive import receptive_field, theoretical_receptive_field
-from .relevance import Explanation, forward_state, lrp, propagate, separate_features
+from .relevance import (
+    Explanation,
+    FeatureMaps,
+    Propagation,
+    forward_state,
+    lrp,
+    propagate,
+    separate_features,
+)
 from .result import Attribution
+from .rules import RuleSpec, parse_rules
+from .sweep import sweep_options
 
 __all__ = [
     "Concept",
@@ -29,6 +41,8 @@ __all__ = [
     "propagate",
     "forward_state",
     "Explanation",
+    "FeatureMaps",
+    "Propagation",
     "gradcam",
     "gradcam_layers",
     "receptive_field",
@@ -41,4 +55,7 @@ __all__ = [
     "attribute",
     "METHODS",
     "Attribution",
+    "RuleSpec",
+    "parse_rules",
+    "sweep_options",
 ]

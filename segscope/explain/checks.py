@@ -20,7 +20,7 @@ def check_image(image: Any) -> torch.Tensor:
         raise SegscopeError(f"the image must be a (3,H,W) float tensor, got {type(image).__name__}")
     shape = tuple(image.shape)
     if image.dim() != 3 or shape[0] != 3:
-        raise SegscopeError(f"the image must have shape (3,H,W), got {shape}")
+        raise SegscopeError(f"the image must be (3,H,W), got {shape}")
     if not image.dtype.is_floating_point:
         raise SegscopeError(
             f"the image must be float in [0,1] (3,H,W), got {image.dtype} of shape {shape}"

@@ -54,8 +54,8 @@ class Concept:
     def pixel(cls, class_: int | str, y: int, x: int, assign: str = "one") -> Concept:
         """One output neuron: class ``class_`` at pixel (y, x); relevance 1 by default."""
         _check_assign(assign)
-        if isinstance(y, bool) or isinstance(x, bool) or int(y) != y or int(x) != x:
-            raise SegscopeError(f"pixel coordinates must be integers, got ({y}, {x})")
+        if not (_is_whole(y) and _is_whole(x)):
+            raise SegscopeError(f"pixel coordinates must be integers, got y={y!r}, x={x!r}")
         return cls(kind="pixel", cls=_class_key(class_), assign=assign, y=int(y), x=int(x))
 
     @classmethod
@@ -92,11 +92,15 @@ class Concept:
 
     @classmethod
     def tensor(cls, relevance: Any) -> Concept:
-        """Any user-given initial relevance (K,H,W) on the output scores."""
+        """Any user-given initial relevance on the output scores: (K,H,W) for a
+        segmentation model, (K,) for a classifier."""
         rel = torch.as_tensor(np.asarray(relevance) if not torch.is_tensor(relevance)
                               else relevance).float()
-        if rel.dim() != 3:
-            raise SegscopeError(f"initial relevance must be (K,H,W), got {tuple(rel.shape)}")
+        if rel.dim() not in (1, 3):
+            raise SegscopeError(f"initial relevance must be (K,H,W) (or (K,) for a "
+                                f"classifier), got {tuple(rel.shape)}")
+        if not bool(torch.isfinite(rel).all()):
+            raise SegscopeError("initial relevance has NaN or infinite values")
         return cls(kind="tensor", relevance=rel)
 
     # -- resolution ----------------------------------------------------------------------
@@ -108,9 +112,15 @@ class Concept:
 
     def selection(self, scores: torch.Tensor, class_names: Sequence[str]) -> torch.Tensor:
         """Bool (H,W): the output pixels this concept selects, given scores (K,H,W)."""
-        k, h, w = scores.shape
         if self.kind == "tensor":
             return (self._checked_tensor(scores) != 0).any(dim=0)
+        if scores.dim() != 3:
+            raise SegscopeError(
+                f"a {self.kind} concept selects output pixels, but this model outputs scores "
+                f"of shape {tuple(scores.shape)} (a classifier, not a segmentation model); "
+                "use Concept.tensor() with one relevance per output instead"
+            )
+        k, h, w = scores.shape
         c = self.class_index(class_names)
         if self.kind == "pixel":
             if not (0 <= self.y < h and 0 <= self.x < w):
@@ -238,4 +248,14 @@ def _as_bool_mask(mask: Any) -> torch.Tensor:
         m = m[0]
     if m.dim() != 2:
         raise SegscopeError(f"a mask must be (H,W), got shape {tuple(m.shape)}")
+    if m.is_floating_point() and not bool(torch.isfinite(m).all()):
+        raise SegscopeError("the mask has NaN or infinite values; a mask is 0 (out) or "
+                            "non-zero (in)")
     return m != 0
+
+
+def _is_whole(v: Any) -> bool:
+    """Whether ``v`` is an integer number (an int, or a float with no fraction)."""
+    if isinstance(v, bool) or not isinstance(v, int | float | np.integer | np.floating):
+        return False
+    return bool(np.isfinite(v)) and int(v) == v

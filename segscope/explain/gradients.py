@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from ..errors import SegscopeError
+from .checks import check_image, check_scores, model_device
 from .concepts import Concept
 from .result import Attribution
 
@@ -89,22 +90,6 @@ class LayerGradients:
     size: tuple[int, int]
     padded: tuple[int, int]
     class_names: tuple[str, ...]
-
-
-def check_image(image: torch.Tensor) -> torch.Tensor:
-    """``image`` as a float (3,H,W) tensor, or a one-line :class:`SegscopeError`."""
-    if not torch.is_tensor(image):
-        raise SegscopeError(f"an image must be a torch tensor (3,H,W), got {type(image).__name__}")
-    if image.dim() != 3 or image.shape[0] != 3:
-        raise SegscopeError(f"an image must be (3,H,W), got shape {tuple(image.shape)}")
-    if not image.is_floating_point():
-        raise SegscopeError(f"an image must be float in [0,1], got dtype {image.dtype}")
-    return image
-
-
-def model_device(model: nn.Module) -> torch.device:
-    param = next(model.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")
 
 
 def layer_name(model: nn.Module, layer: LayerRef) -> str:
@@ -197,6 +182,7 @@ def run_gradients(
                     f"{tuple(out.shape)}"
                 )
             scores = out[0, :, :h, :w]
+            check_scores(scores.detach())
             if class_names is None:
                 class_names = class_names_of(model, scores.shape[0])
             acts: dict[str, torch.Tensor] = {}

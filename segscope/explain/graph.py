@@ -84,13 +84,6 @@ class Graph:
             raise SegscopeError(f"unknown layer {name!r} (layers: {sample})")
         return self.layers[name]
 
-    def consumers(self) -> list[list[int]]:
-        users: list[list[int]] = [[] for _ in self.nodes]
-        for i, node in enumerate(self.nodes):
-            for j in node.inputs:
-                users[j].append(i)
-        return users
-
 
 # -- BatchNorm folding -------------------------------------------------------------------
 def fold_bn(
@@ -167,7 +160,7 @@ def segnet_graph(model: SegNet) -> Graph:
     """The node list of a :class:`~segscope.models.SegNet`, from its known structure.
 
     ``data`` is the image as given; a ``pad`` node pads it to multiples of 32 (relevance
-    reaching padded pixels is dropped, see :mod:`segscope.explain.relevance`), and a ``crop``
+    reaching padded pixels is dropped, see :class:`segscope.explain.nodes.Pad`), and a ``crop``
     node after ``conv1_1_D`` crops the scores back; layer ``conv1_1_D`` is the cropped
     scores (K,H,W). A conv layer's relevance is taken at its ReLU output.
     """

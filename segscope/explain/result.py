@@ -1,4 +1,4 @@
-"""What a gradient-family explanation returns: one :class:`Attribution` per call."""
+"""What :func:`~segscope.explain.attribute` returns, for every method: an :class:`Attribution`."""
 
 from __future__ import annotations
 
@@ -16,21 +16,22 @@ class Attribution:
     ----------
     method
         The method's name as in :data:`segscope.explain.methods.METHODS`
-        (``"gradcam"``, ``"sensitivity"``, ...).
+        (``"lrp"``, ``"gradcam"``, ``"sensitivity"``, ...).
     pixels
-        (H,W) map at input resolution. For the gradient maps it is the per-colour map
+        (H,W) map at input resolution. For LRP and the gradient maps it is the per-colour map
         summed over the three colour channels (as eq 8.1 does for relevance); for Grad-CAM
         it is the Grad-CAM map itself; for activation maximization the prototype image
         summed over its channels.
     input
-        (3,H,W) per-colour map (the gradient-family maps, the activation-maximization
+        (3,H,W) per-colour map (LRP, the gradient-family maps, the activation-maximization
         prototype), or ``None`` when the method has none (Grad-CAM).
     concept
         Human-readable description of what was explained.
     extras
-        Method-specific values: ``layer``, ``weights`` (Grad-CAM's α), ``low_res`` (the
-        map at the layer's resolution), ``target`` (the explained scalar), ``history``
-        (activation maximization's objective per step), ...
+        Method-specific values: ``explanation`` (LRP's whole
+        :class:`~segscope.explain.Explanation`), ``layer``, ``weights`` (Grad-CAM's α),
+        ``low_res`` (the map at the layer's resolution), ``target`` (the explained
+        scalar), ``history`` (activation maximization's objective per step), ...
     """
 
     method: str

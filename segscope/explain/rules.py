@@ -378,8 +378,14 @@ def parse_rule(spec: Rule | str) -> Rule:
             f"unknown LRP rule {spec.strip()!r}; choose one of {', '.join(RULE_NAMES)} "
             "(e.g. epsilon:0.01, gamma:0.25, alpha2beta1)"
         )
+    make = RULES[head]
+    numeric = [f.name for f in dataclasses.fields(make) if f.name != "bias"] \
+        if dataclasses.is_dataclass(make) else None
+    if numeric is not None and len(args) > len(numeric):
+        raise SegscopeError(f"rule {spec.strip()!r} has too many parameters "
+                            f"({head} takes {', '.join(numeric) or 'none'})")
     try:
-        rule = RULES[head](*(_float(a, spec) for a in args))
+        rule = make(*(_float(a, spec) for a in args))
     except TypeError:
         raise SegscopeError(f"rule {spec.strip()!r} has too many parameters") from None
     if nobias and hasattr(rule, "bias"):
