@@ -12,9 +12,16 @@ from torch import nn
 
 import segscope
 from segscope.errors import SegscopeError
-from segscope.explain import Concept, lrp, separate_features
+from segscope.explain import (
+    Concept,
+    forward_state,
+    lrp,
+    propagate,
+    separate_features,
+    sweep_options,
+)
 from segscope.explain.graph import build_graph, fold_bn
-from segscope.explain.relevance import forward_state, propagate
+from segscope.explain.sweep import support_boxes
 
 
 def _image(h: int = 40, w: int = 56, seed: int = 0) -> torch.Tensor:
@@ -254,22 +261,20 @@ def test_separate_features_linearity(tiny_segnet):
     torch.testing.assert_close(fs.totals, e.layers["conv2_1"].double().sum((1, 2)).float())
 
 
-def test_separate_features_reuses_the_forward_pass(tiny_segnet, monkeypatch):
-    import importlib
-
-    engine = importlib.import_module("segscope.explain.relevance")  # the module, not lrp()
-
+def test_separate_features_reuses_the_forward_pass(tiny_segnet):
+    """Same model and image: the explanation's forward state (and its caches) serves the
+    separation; its step counters move. Another image: a fresh state, they do not."""
     img = _image(32, 32)
     e = lrp(tiny_segnet, img, Concept.pixel("road", 3, 3), keep=["conv1_2"])
-
-    def fail(*args, **kwargs):
-        raise AssertionError("forward pass recomputed")
-
-    monkeypatch.setattr(engine, "forward_state", fail)
+    before = dict(e.state.stats)
+    assert before.get("conv boxed", 0) > 0
     fs = separate_features(tiny_segnet, img.clone(), e, "conv1_2", channels=[1])
     assert fs.pixels.shape == (1, 32, 32)
-    with pytest.raises(AssertionError, match="recomputed"):
-        separate_features(tiny_segnet, img + 0.01, e, "conv1_2", channels=[1])
+    reused = dict(e.state.stats)
+    assert reused["conv boxed"] > before["conv boxed"]
+    other = separate_features(tiny_segnet, img + 0.01, e, "conv1_2", channels=[1])
+    assert e.state.stats == reused
+    assert not torch.equal(other.pixels, fs.pixels)
 
 
 def test_separate_features_without_kept_layer_and_at_a_pool(tiny_segnet):
@@ -417,61 +422,60 @@ def _concepts_for(model, img):
                                   {"first": "zbox", "conv1_2": "flat", "conv2_2": "wsquare",
                                    "conv3_1_D": "gamma:0.25", "default": "alpha1beta0"}])
 @pytest.mark.parametrize("full_share", [0.5, 2.0])
-def test_restricted_sweep_equals_dense(tiny_segnet, monkeypatch, rule, full_share):
+def test_restricted_sweep_equals_dense(tiny_segnet, rule, full_share):
     """Boxed denominators and transposed convs give the dense sweep's numbers.
 
-    The dense reference switches the support boxes off (every layer on its whole map);
-    ``full_share=2`` forces boxed denominators even where a box covers most of a map.
+    The dense reference switches the support boxes off (``sweep_options(boxed=False)``:
+    every layer on its whole map); ``full_share=2`` forces boxed denominators even where a
+    box covers most of a map.
     """
-    import segscope.explain.relevance as engine
-
     img = _image(60, 100, seed=4)
     concepts = _concepts_for(tiny_segnet, img)
-    monkeypatch.setattr(engine, "FULL_SHARE", full_share)
-    fast = [lrp(tiny_segnet, img, c, rule=rule, keep="all") for c in concepts]
-    together = lrp(tiny_segnet, img, concepts[:2], rule=rule)  # union box of two pixels
+    with sweep_options(full_share=full_share):
+        fast = [lrp(tiny_segnet, img, c, rule=rule, keep="all") for c in concepts]
+        together = lrp(tiny_segnet, img, concepts[:2], rule=rule)  # union box of two pixels
     # the pixel concepts really take the restricted path
-    boxed = [e for e in fast[0].state.terms.values() if e.box is not None]
+    assert fast[0].state.stats.get("conv boxed", 0) > 0
+    boxed = [b for b in fast[0].state.denominator_boxes().values() if b is not None]
     if full_share > 1:
         assert boxed
-    monkeypatch.setattr(engine, "_boxes", lambda state, start: {})
     model64 = copy.deepcopy(tiny_segnet).double()
-    for c, f, t in zip(concepts, fast, together + [None, None], strict=True):
-        d = lrp(tiny_segnet, img, c, rule=rule, keep="all")
-        # "the same up to float rounding": 1e-6, or within the dense float32 sweep's own
-        # rounding error (vs float64) where a rule amplifies it (ε: 1/(z + ε) for small z)
-        d64 = lrp(model64, img.double(), c, rule=rule, keep="all")
-        scale = float(d.pixels.abs().max())
-        assert scale > 0
-        tol = max(1e-6, 2 * _rel_l2(d.input, d64.input))
-        assert _rel_l2(f.input, d.input) < tol
-        torch.testing.assert_close(f.input, d.input, rtol=1e-5, atol=1e-6 * scale)
-        for name in tiny_segnet.layer_names:
-            ref = d.layers[name]
-            tol = max(1e-6, 2 * _rel_l2(ref, d64.layers[name].float()))
-            assert _rel_l2(f.layers[name], ref) < tol, name
-            torch.testing.assert_close(f.layers[name], ref, rtol=1e-5,
-                                       atol=1e-5 * float(ref.abs().max()) + 1e-30)
-        assert f.absorbed == pytest.approx(d.absorbed, rel=1e-5, abs=1e-6 * abs(d.output_total))
-        assert f.dropped == pytest.approx(d.dropped, rel=1e-5, abs=1e-7 * abs(d.output_total))
-        if t is not None:
-            assert _rel_l2(t.input, d.input) < 1e-6
+    with sweep_options(boxed=False):
+        for c, f, t in zip(concepts, fast, together + [None, None], strict=True):
+            d = lrp(tiny_segnet, img, c, rule=rule, keep="all")
+            assert not d.state.stats  # nothing ran on a box
+            # "the same up to float rounding": 1e-6, or within the dense float32 sweep's
+            # own rounding error (vs float64) where a rule amplifies it (ε: 1/(z + ε))
+            d64 = lrp(model64, img.double(), c, rule=rule, keep="all")
+            scale = float(d.pixels.abs().max())
+            assert scale > 0
+            tol = max(1e-6, 2 * _rel_l2(d.input, d64.input))
+            assert _rel_l2(f.input, d.input) < tol
+            torch.testing.assert_close(f.input, d.input, rtol=1e-5, atol=1e-6 * scale)
+            for name in tiny_segnet.layer_names:
+                ref = d.layers[name]
+                tol = max(1e-6, 2 * _rel_l2(ref, d64.layers[name].float()))
+                assert _rel_l2(f.layers[name], ref) < tol, name
+                torch.testing.assert_close(f.layers[name], ref, rtol=1e-5,
+                                           atol=1e-5 * float(ref.abs().max()) + 1e-30)
+            assert f.absorbed == pytest.approx(d.absorbed, rel=1e-5,
+                                               abs=1e-6 * abs(d.output_total))
+            assert f.dropped == pytest.approx(d.dropped, rel=1e-5,
+                                              abs=1e-7 * abs(d.output_total))
+            if t is not None:
+                assert _rel_l2(t.input, d.input) < 1e-6
 
 
-def test_restricted_separate_features_equals_dense(tiny_segnet, monkeypatch):
+def test_restricted_separate_features_equals_dense(tiny_segnet):
     """Feature separation on boxes (a wide image, so that the boxes at conv1_x are smaller
     than the maps: the boxed pool and conv steps with their shared buffers run)."""
-    import segscope.explain.relevance as engine
-
     img = _image(40, 448, seed=5)
     e = lrp(tiny_segnet, img, Concept.pixel("road", 5, 10), keep=["conv2_1"])
-    calls = []
-    real = engine._pool_back_box
-    monkeypatch.setattr(engine, "_pool_back_box", lambda *a: calls.append(1) or real(*a))
+    before = e.state.stats.get("maxpool boxed", 0)
     fast = separate_features(tiny_segnet, img, e, "conv2_1", batch_size=5)
-    assert calls  # pool1 ran on its box
-    monkeypatch.setattr(engine, "_boxes", lambda state, start: {})
-    dense = separate_features(tiny_segnet, img, e, "conv2_1", batch_size=5)
+    assert e.state.stats["maxpool boxed"] > before  # pool1 ran on its box
+    with sweep_options(boxed=False):
+        dense = separate_features(tiny_segnet, img, e, "conv2_1", batch_size=5)
     assert _rel_l2(fast.pixels, dense.pixels) < 1e-6
     scale = float(dense.pixels.abs().max())
     torch.testing.assert_close(fast.pixels, dense.pixels, rtol=1e-5, atol=1e-6 * scale)
@@ -480,14 +484,12 @@ def test_restricted_separate_features_equals_dense(tiny_segnet, monkeypatch):
 
 def test_support_boxes_follow_the_geometry(tiny_segnet):
     """A pixel's box grows by one per 3x3 conv and maps through pool/unpool by 2."""
-    from segscope.explain.relevance import _boxes
-
     img = _image(64, 96)
     state = forward_state(tiny_segnet, img)
     g = state.graph
     start = torch.zeros(1, *state.shapes[g.output][1:])
     start[0, 1, 40, 50] = 1.0
-    boxes = _boxes(state, {g.output: start})
+    boxes = support_boxes(state, {g.output: start})
     assert boxes[g.layers["conv1_1_D"]] == (40, 41, 50, 51)
     assert boxes[g.layers["conv1_2_D"]] == (39, 42, 49, 52)  # input of conv1_1_D
     assert boxes[g.layers["upsample1"]] == (38, 43, 48, 53)  # input of conv1_2_D
@@ -512,27 +514,27 @@ def test_separate_features_in_bfloat16(tiny_segnet):
         separate_features(tiny_segnet, img, e, "conv2_1", dtype=torch.int64)
 
 
-def test_cached_denominators_grow_with_later_concepts(tiny_segnet, monkeypatch):
+def test_cached_denominators_grow_with_later_concepts(tiny_segnet):
     """One forward state, concepts in different places: the boxed denominators are reused
     where they cover, recomputed on the union where not, and stay exact."""
-    import segscope.explain.relevance as engine
-
-    monkeypatch.setattr(engine, "FULL_SHARE", 2.0)  # boxes, never the whole map
     img = _image(40, 448, seed=7)
     state = forward_state(tiny_segnet, img)
-    a = lrp(tiny_segnet, img, Concept.pixel("road", 5, 10), state=state)
-    first = {i: e.box for i, e in state.terms.items()}
-    again = lrp(tiny_segnet, img, Concept.pixel("markings", 5, 10), state=state)  # same box
-    assert {i: e.box for i, e in state.terms.items()} == first
-    b = lrp(tiny_segnet, img, Concept.pixel("markings", 30, 400), state=state)  # far away
-    grown = [i for i, e in state.terms.items() if e.box != first.get(i)]
-    assert grown and all(_inside_box(first[i], state.terms[i].box) for i in grown
-                         if first.get(i) is not None)
-    monkeypatch.setattr(engine, "_boxes", lambda state, start: {})
-    for got, c in ((a, Concept.pixel("road", 5, 10)), (again, Concept.pixel("markings", 5, 10)),
-                   (b, Concept.pixel("markings", 30, 400))):
-        ref = lrp(tiny_segnet, img, c)
-        assert _rel_l2(got.input, ref.input) < 1e-6
+    with sweep_options(full_share=2.0):  # boxes, never the whole map
+        a = lrp(tiny_segnet, img, Concept.pixel("road", 5, 10), state=state)
+        first = state.denominator_boxes()
+        again = lrp(tiny_segnet, img, Concept.pixel("markings", 5, 10), state=state)
+        assert state.denominator_boxes() == first  # same box: reused
+        b = lrp(tiny_segnet, img, Concept.pixel("markings", 30, 400), state=state)
+    now = state.denominator_boxes()
+    grown = [k for k, box in now.items() if box != first.get(k)]
+    assert grown and all(_inside_box(first[k], now[k]) for k in grown
+                         if first.get(k) is not None)
+    with sweep_options(boxed=False):
+        for got, c in ((a, Concept.pixel("road", 5, 10)),
+                       (again, Concept.pixel("markings", 5, 10)),
+                       (b, Concept.pixel("markings", 30, 400))):
+            ref = lrp(tiny_segnet, img, c)
+            assert _rel_l2(got.input, ref.input) < 1e-6
 
 
 def _inside_box(a, b) -> bool:

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from segscope.errors import SegscopeError
-from segscope.explain import Concept, lrp
+from segscope.explain import Concept, lrp, propagate
 from segscope.explain.rules import (
     AlphaBeta,
     Epsilon,
@@ -185,8 +185,6 @@ def test_rule_per_layer(tiny_segnet):
     assert not torch.allclose(mixed.input, plain.input)
     torch.testing.assert_close(named.input, mixed.input)
     # ... and the pixel layer maps conv1_1's relevance by z^B (checked in matrix form above).
-    from segscope.explain.relevance import propagate
-
     alone = propagate(tiny_segnet, img, "conv1_1", mixed.layers["conv1_1"], rule="zbox")
     torch.testing.assert_close(alone.input[0], mixed.input)
     assert "conv1_1=zbox" in named.rule

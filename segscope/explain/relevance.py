@@ -193,15 +193,16 @@ def _keep_nodes(graph: Graph, keep: Any) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _alloc(shape: tuple[int, ...], dtype: torch.dtype, path: Path | None) -> torch.Tensor:
+def _alloc(shape: tuple[int, ...], dtype: torch.dtype, path: Path | None,
+           maps: list[np.memmap]) -> torch.Tensor:
     if path is None:
         return torch.empty(shape, dtype=dtype)
     np_dtype = {torch.float16: np.float16, torch.float32: np.float32,
                 torch.float64: np.float64}.get(dtype)
     if np_dtype is None:
         raise SegscopeError(f"keep_dir cannot store {dtype}; use float16 or float32")
-    return torch.from_numpy(np.lib.format.open_memmap(path, mode="w+", dtype=np_dtype,
-                                                      shape=shape))
+    maps.append(np.lib.format.open_memmap(path, mode="w+", dtype=np_dtype, shape=shape))
+    return torch.from_numpy(maps[-1])
 
 
 def lrp(
@@ -281,6 +282,7 @@ def lrp(
     size = auto_batch(state, graph.output, n, batch_size)
     work: dict = {}  # scratch buffers shared by the chunks
     store: dict[str, torch.Tensor] = {}
+    maps: list[np.memmap] = []
     with contextlib.ExitStack() as files:
         if totals_only:
             store = {name: torch.zeros(n, _channels(state.shapes[graph.layers[name]]),
@@ -295,7 +297,7 @@ def lrp(
                 path = None if out_dir is None else files.enter_context(
                     atomic_path(out_dir / f"{name.replace(os.sep, '_')}.npy"))
                 store[name] = _alloc((n, *state.shapes[graph.layers[name]][1:]), dtype_keep,
-                                     path)
+                                     path, maps)
 
         def saver(node_names: list[str], lo: int, hi: int) -> Callable[[Relevance], None]:
             def save(r: Relevance) -> None:
@@ -315,10 +317,8 @@ def lrp(
                 res = sweep(state, {graph.output: initial[lo:hi].to(state.device)}, keep_fns,
                             work=work)
                 _gather(res, lo, hi, inputs, dropped, absorbed)
-        for t in store.values():
-            base = t.numpy().base if t.device.type == "cpu" else None
-            if isinstance(base, np.memmap):
-                base.flush()
+        for arr in maps:
+            arr.flush()  # complete on disk before the rename
     sums = initial.double().flatten(1).sum(1)
     results = []
     for b, c in enumerate(concepts):
