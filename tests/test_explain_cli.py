@@ -103,6 +103,12 @@ def _bad(tmp, ckpt, img, extra):
         (["--class", "road", "--pixel", "a,b"], "--pixel must be Y,X"),
         (["--class", "road"], "choose exactly one of"),
         (["--class", "road", "--pixel", "1,1", "--rule", "lrp0"], "unknown LRP rule"),
+        (["--class", "road", "--pixel", "1,1", "--rule", "conv1_1=zbx,default=zplus"],
+         "conv1_1=zbx: unknown LRP rule 'zbx'"),
+        (["--class", "road", "--pixel", "1,1", "--rule", "conv1_1=zbox,zplus"],
+         "got 'zplus'"),
+        (["--class", "road", "--pixel", "1,1", "--rule", "pool1=zbox"], "'pool1'"),
+        (["--class", "road", "--mask", "nope.png"], "mask file nope.png is not found"),
         (["--class", "road", "--pixel", "1,1", "--method", "magic"], "unknown method"),
         (["--class", "road", "--from-prediction", "tp"], "needs --label"),
     ],
@@ -141,8 +147,19 @@ def test_bad_files(files, capsys):
         assert "Traceback" not in err
 
 
+def test_keep_totals_writes_every_layer(files, capsys, tiny_segnet):
+    tmp, ckpt, img = files
+    code, _, err = run_cli(_bad(tmp, ckpt, img, ["--class", "road", "--pixel", "20,20",
+                                              "--keep", "totals"]), capsys)
+    assert code == 0, err
+    data = np.load(tmp / "bad" / "relevance.npz")
+    totals = {k[len("totals/"):]: data[k] for k in data.files if k.startswith("totals/")}
+    assert list(totals) == tiny_segnet.layer_names
+    assert not any(k.startswith("layer/") for k in data.files)
+    np.testing.assert_allclose(totals["data"], data["input"].sum((1, 2)), rtol=1e-5)
+
+
 def test_gradient_method_writes_its_files(files, capsys):
-    pytest.importorskip("segscope.explain.methods")
     tmp, ckpt, img = files
     code, _, err = run_cli(_bad(tmp, ckpt, img, ["--class", "road", "--pixel", "20,20",
                                               "--method", "gradxinput"]), capsys)
