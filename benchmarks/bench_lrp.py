@@ -99,7 +99,7 @@ def timed(fn, repeats: int) -> tuple[float, object]:
 
 
 def peak_rss_child(args, variant: str) -> float:
-    """Peak resident memory (GiB) of a fresh process running one keep='all' variant."""
+    """Peak resident memory (GiB) of a fresh process running one keep= variant."""
     cmd = [sys.executable, __file__, "--child", variant, "--width", str(args.width),
            "--size", args.size]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
@@ -112,7 +112,8 @@ def child(args) -> None:
     image = torch.rand(3, h, w, generator=torch.Generator().manual_seed(0))
     concept = Concept.pixel("road", h // 2, w // 2)
     keep, dtype = {"none": (None, torch.float32), "float32": ("all", torch.float32),
-                   "float16": ("all", torch.float16)}[args.child]
+                   "float16": ("all", torch.float16),
+                   "totals": ("totals", torch.float32)}[args.child]
     e = lrp(model, image, concept, keep=keep, dtype_keep=dtype)
     kept = sum(t.numel() * t.element_size() for t in e.layers.values()) / 1024**3
     with open("/proc/self/status") as f:
@@ -208,8 +209,9 @@ def main() -> None:
         base = peak_rss_child(args, "none")
         f32 = peak_rss_child(args, "float32")
         f16 = peak_rss_child(args, "float16")
+        tot = peak_rss_child(args, "totals")
         print(f"peak RSS (VmHWM): keep=None {base:.2f} GiB, keep='all' float32 {f32:.2f} GiB, "
-              f"keep='all' float16 {f16:.2f} GiB")
+              f"keep='all' float16 {f16:.2f} GiB, keep='totals' {tot:.2f} GiB")
     print(f"load average at the end {os.getloadavg()[0]:.2f}")
 
 
@@ -219,10 +221,9 @@ def _no_grad(model, image):
 
 
 def _pixels_from(model, image, e):
-    from segscope.explain.relevance import _layer_relevance, propagate
+    from segscope.explain import propagate
 
-    node = e.state.graph.layer_node("conv2_1")
-    rel = _layer_relevance(e.state, e.initial, node)
+    rel = lrp(model, image, e.concept, keep=["conv2_1"], state=e.state).layers["conv2_1"]
     return propagate(model, image, "conv2_1", rel, state=e.state).pixels[0]
 
 
