@@ -21,6 +21,7 @@ from torch import nn
 from ..errors import SegscopeError
 from .concepts import Concept
 from .result import Attribution
+from .rules import RuleLike
 
 #: Every explanation method, by name.
 METHODS = ("lrp", "gradcam", "gradcam-rf", "sensitivity", "gradxinput", "deconvnet", "guided",
@@ -45,7 +46,7 @@ def attribute(
     image: torch.Tensor,
     concept: Concept | None,
     *,
-    rule: Any = "alpha1beta0",
+    rule: RuleLike = "alpha1beta0",
     keep: Any = None,
     layer: str | None = None,
     root: torch.Tensor | float | None = None,

@@ -46,7 +46,7 @@ from ..errors import SegscopeError
 from .checks import check_image
 from .concepts import Concept
 from .graph import Graph
-from .rules import RuleSpec, parse_rules
+from .rules import RuleLike, parse_rules
 from .sparse import OneHot, Relevance, channel_totals, dense
 from .state import ForwardState, forward_state
 from .sweep import SweepResult, auto_batch, chunks, sweep
@@ -56,9 +56,6 @@ __all__ = ["lrp", "separate_features", "propagate", "forward_state", "ForwardSta
 
 #: What ``keep=`` accepts besides layer names.
 KEEP_CHOICES = ("all", "totals")
-
-RuleLike = RuleSpec | str | Any
-
 
 # -- results -----------------------------------------------------------------------------
 @dataclass(eq=False)

@@ -420,7 +420,11 @@ class RuleSpec:
         return self.text
 
 
-def parse_rules(spec: Any) -> RuleSpec:
+#: Every form a rule specification can take (see :func:`parse_rules`).
+RuleLike = RuleSpec | Rule | str | Mapping[str, Rule | str] | Sequence[tuple[str, Rule | str]]
+
+
+def parse_rules(spec: RuleLike) -> RuleSpec:
     """The typed rule specification from any form the API and the CLI accept.
 
     ``spec`` is a :class:`RuleSpec`, a :class:`Rule`, a rule name (``"alpha1beta0"``,

@@ -22,7 +22,7 @@ from .boxes import Box
 from .checks import check_image, check_scores, model_device_dtype
 from .graph import Graph, build_graph
 from .nodes import NodeKind, Weighted, node_kind
-from .rules import RuleSpec, parse_rules, resolve_rules
+from .rules import RuleLike, RuleSpec, parse_rules, resolve_rules
 
 
 @dataclass
@@ -88,7 +88,7 @@ class ForwardState:
 
 
 def forward_state(
-    model: nn.Module, image: torch.Tensor, rule: Any = "alpha1beta0",
+    model: nn.Module, image: torch.Tensor, rule: RuleLike = "alpha1beta0",
     graph: Graph | None = None,
 ) -> ForwardState:
     """Run ``model`` on ``image`` (3,H,W) and prepare every layer's backward step.
