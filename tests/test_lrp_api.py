@@ -182,6 +182,42 @@ def test_bad_channels_masks_and_pixels(tiny_segnet):
     with pytest.raises(SegscopeError, match="must be integers"):
         Concept.pixel("road", 2.5, 1)
     assert Concept.pixel("road", 2.0, np.int64(3)).x == 3
+    label = np.zeros((32, 48))
+    label[3, 3] = np.nan
+    with pytest.raises(SegscopeError, match="NaN"):
+        Concept.from_prediction("road", "tp", label)
+
+
+class _Residual(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 2, 3, padding=1)
+        self.b = nn.Conv2d(3, 2, 1)
+
+    def forward(self, x):
+        return torch.relu(self.a(x)) + self.b(x)
+
+
+def test_the_rule_of_an_addition_is_a_rule_object():
+    torch.manual_seed(0)
+    model = _Residual().eval()
+    img = _image(6, 7)
+    c = Concept.pixel(1, 3, 3, assign="score")
+    plain = lrp(model, img, c, keep=["add", "relu", "b"])
+    named = lrp(model, img, c, rule="add=proportional,default=alpha1beta0",
+                keep=["add", "relu", "b"])
+    torch.testing.assert_close(named.input, plain.input, rtol=0, atol=0)
+    # the proportional split by hand: z_a / (z_a + z_b) of the relevance at the sum
+    with torch.no_grad():
+        za, zb = torch.relu(model.a(img[None]))[0], model.b(img[None])[0]
+    r = plain.layers["add"]
+    share = torch.where(za + zb != 0, r / (za + zb), torch.zeros_like(r))
+    torch.testing.assert_close(plain.layers["relu"], share * za, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(plain.layers["b"], share * zb, rtol=1e-5, atol=1e-7)
+    with pytest.raises(SegscopeError, match="does not apply to 'add'"):
+        lrp(model, img, c, rule="add=zbox")
+    with pytest.raises(SegscopeError, match="does not apply to 'a'"):
+        lrp(model, img, c, rule="a=proportional")
 
 
 class _Classifier(nn.Module):

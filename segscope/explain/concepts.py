@@ -82,7 +82,11 @@ class Concept:
             raise SegscopeError(
                 f"unknown prediction kind {kind!r}; choose one of {', '.join(PREDICTION_KINDS)}"
             )
-        label_t = torch.as_tensor(np.asarray(label)).long()
+        label_t = torch.as_tensor(np.asarray(label))
+        if label_t.is_floating_point() and not bool(torch.isfinite(label_t).all()):
+            raise SegscopeError("the label has NaN or infinite values; a label holds "
+                                "class ids")
+        label_t = label_t.long()
         if label_t.dim() != 2:
             raise SegscopeError(f"a label must be (H,W), got shape {tuple(label_t.shape)}")
         return cls(

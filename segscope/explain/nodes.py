@@ -58,10 +58,12 @@ class NodeKind:
 
     Class attributes: ``kind`` (the :class:`~.graph.Node` kind it implements), ``fresh``
     (the relevance step returns new tensors, which later steps may overwrite),
-    ``absorbs`` (relevance lost at this node is reported per layer, eq 6.13).
+    ``absorbs`` (relevance lost at this node is reported per layer, eq 6.13),
+    ``takes_rule`` (the node gets a rule from the specification, in ``self.rule``).
     """
 
     kind: ClassVar[str]
+    takes_rule: ClassVar[bool] = False
     fresh: ClassVar[bool] = False
     absorbs: ClassVar[bool] = False
     is_input: ClassVar[bool] = False
@@ -168,6 +170,7 @@ class Weighted(NodeKind):
     image reuses them.
     """
 
+    takes_rule = True
     fresh = True
     absorbs = True
     op: Any
@@ -501,6 +504,7 @@ class Crop(NodeKind):
 class Merge(NodeKind):
     """A node that merges its inputs; its :class:`~.rules.SplitRule` splits the relevance."""
 
+    takes_rule = True
     rule: SplitRule
 
     def backward(self, state, r, step):

@@ -102,8 +102,7 @@ def forward_state(
     graph = graph if graph is not None else build_graph(model)
     nodes = graph.nodes
     kinds = [node_kind(i, n) for i, n in enumerate(nodes)]
-    ruled = {i: (n.name, n.kind) for i, n in enumerate(nodes)
-             if n.kind in ("conv", "linear", "add", "cat")}
+    ruled = {i: (k.name, k.kind) for i, k in enumerate(kinds) if k.takes_rule}
     for i, rule_ in resolve_rules(spec, ruled, graph.layers, graph.first).items():
         kinds[i].rule = rule_
     x0 = image.to(device=device, dtype=dtype)
