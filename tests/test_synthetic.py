@@ -150,9 +150,10 @@ def test_markings_are_brighter_than_road_under_narrow():
 
 def test_markings_visible_at_96x128():
     for preset in PRESETS:
-        for i in range(8):
-            image, label = render_scene(5, i, (96, 128), preset)
-            assert (label == 2).sum() >= 20, (preset, i)
+        visible = [(render_scene(5, i, (96, 128), preset)[1] == 2).sum() >= 20
+                   for i in range(8)]
+        # narrow always paints its lines; a street may have one lane and no edge lines
+        assert all(visible) if preset == "narrow" else sum(visible) >= 6, (preset, visible)
 
 
 @pytest.mark.parametrize("preset", PRESETS)
@@ -184,7 +185,7 @@ def test_randomized_varies_the_look_narrow_keeps_it():
 
 
 def test_unknown_preset_and_setting_are_one_line_errors():
-    with pytest.raises(SegscopeError, match="narrow, randomized"):
+    with pytest.raises(SegscopeError, match="narrow, urban, randomized"):
         render_scene(0, 0, SIZE, "nope")
     with pytest.raises(SegscopeError, match="unknown scene setting 'colour'"):
         render_scene(0, 0, SIZE, colour=1)

@@ -680,6 +680,14 @@ class LabelFolder(_PairDataset):
                 raise SegscopeError(f"manifest {manifest} is not valid JSON: {exc}") from None
             if isinstance(meta, dict):
                 folders.update({k: meta[k] for k in folders if isinstance(meta.get(k), str)})
+        # the manifest names folders *inside* the dataset, never elsewhere
+        base = Path(root).expanduser().resolve()
+        for key, name in folders.items():
+            inside = (base / name).resolve()
+            if Path(name).is_absolute() or ".." in Path(name).parts or (
+                    inside != base and base not in inside.parents):
+                raise SegscopeError(f"manifest {manifest}: {key!r} must name a folder inside "
+                                    f"the dataset, got {name!r}")
         identity = {BACKGROUND: BACKGROUND, ROAD: ROAD, MARKINGS: MARKINGS, IGNORE: IGNORE}
         ds = cls(root, identity, size=size, limit=limit, has_markings=True, **folders)
         ds.name = "synth"

@@ -1,6 +1,6 @@
-"""Procedural synthetic road scenes (SPEC §1): a camera-on-the-bonnet view of a highway.
+"""Procedural synthetic road scenes (SPEC §1): a camera-on-the-bonnet view of a road.
 
-Every image is a pure function of ``(seed, index, preset, overrides)``. The scene is
+Every image is a pure function of ``(seed, index, preset, factors, overrides)``. The scene is
 built from explicit geometry, and the label of every pixel comes from that geometry:
 
 * a pinhole camera at height ``cam_height`` above a road whose centreline bends
@@ -10,18 +10,20 @@ built from explicit geometry, and the label of every pixel comes from that geome
   lateral road coordinate ``x`` (metres from the left edge of the carriageway); the
   paved surface, the lane lines and edge lines are intervals of ``x``, the dashes
   intervals of ``z``;
-* objects (barriers, vehicles, trees) drawn with a depth buffer; whatever hides the
-  road is ``background``.
+* kerbs, pavements and verges are intervals of ``x`` beside the road (``background``);
+* objects (barriers, buildings, walls, poles, trees, vehicles, people) drawn with a
+  depth buffer; whatever hides the road is ``background``.
 
 Markings are at least one pixel wide at any distance and are labelled only where road
-surrounds them in their row. Two presets: ``narrow`` (one look; only the geometry varies)
-and ``randomized`` (domain randomization over appearance, camera pose and weather).
+surrounds them in their row. Every randomisation is a named factor
+(:mod:`.synthetic_factors`) that can be switched off or fixed. Three presets:
+``narrow`` (a highway; only the geometry varies), ``urban`` (streets like CamVid's) and
+``randomized`` (either layout, every factor randomised over wide ranges).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import zlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -31,84 +33,41 @@ from torch.utils.data import Dataset
 
 from ..errors import SegscopeError
 from .classes import ROAD3
-from .synthetic_render import render
+from .synthetic_factors import (
+    FACTORS,
+    LAYOUTS,
+    MODES,
+    PRESETS_TABLE,
+    SceneParams,
+    check_factors,
+    factor_rng,
+    resolve_modes,
+    sample_params,
+)
+from .synthetic_render import FACTOR_BITS, render
 
 #: Bump when the pictures or labels produced for a given (seed, index, settings) change.
-GENERATOR_VERSION = "1.0"
+GENERATOR_VERSION = "2.0"
 #: Names accepted by ``preset=``.
-PRESETS: tuple[str, ...] = ("narrow", "randomized")
+PRESETS: tuple[str, ...] = tuple(PRESETS_TABLE)
 
+__all__ = ["FACTORS", "FACTOR_BITS", "MODES", "PRESETS", "SceneParams", "SyntheticRoads",
+           "describe_dataset", "render_scene", "scene_params"]
 
-
-# --------------------------------------------------------------------------- parameters
-@dataclasses.dataclass
-class SceneParams:
-    """Everything that defines one scene; any field can be fixed with an override."""
-
-    # geometry
-    lanes: int = 3
-    lane_width: float = 3.6
-    ego_lane: int = 1
-    ego_offset: float = 0.0
-    yaw: float = 0.0
-    curvature: float = 0.0
-    slope: float = 0.0
-    shoulder_left: float = 0.8
-    shoulder_right: float = 2.5
-    dash_length: float = 4.5
-    dash_gap: float = 7.5
-    dash_phase: float = 0.0
-    edge_width: float = 0.25
-    line_width: float = 0.15
-    vehicles: int = 2
-    trees: int = 10
-    buildings: float = 0.3
-    # camera
-    cam_height: float = 1.5
-    pitch: float = 0.05
-    roll: float = 0.0
-    hfov: float = 65.0
-    # appearance
-    lane_style: str = "dashed"  # dashed | solid | double
-    marking_rgb: tuple = (0.92, 0.92, 0.90)
-    edge_rgb: tuple = (0.92, 0.92, 0.90)
-    marking_fade: float = 0.0
-    marking_gaps: float = 0.0
-    asphalt_rgb: tuple = (0.33, 0.33, 0.35)
-    asphalt_texture: float = 0.06
-    shoulder_shade: float = 1.08
-    grass_rgb: tuple = (0.30, 0.42, 0.17)
-    sky_top_rgb: tuple = (0.30, 0.50, 0.85)
-    sky_horizon_rgb: tuple = (0.78, 0.86, 0.95)
-    clouds: float = 0.35
-    hills_rgb: tuple = (0.45, 0.55, 0.55)
-    trees_rgb: tuple = (0.13, 0.25, 0.10)
-    building_rgb: tuple = (0.62, 0.58, 0.52)
-    median: str = "concrete"  # concrete | rail
-    sun_dx: float = -0.9  # tree shadows: sideways offset per metre of height
-    sun_dz: float = -0.3  # ... and along the road
-    shadow: float = 0.45  # how much a cast shadow darkens the ground (0 = overcast)
-    brightness: float = 1.0
-    contrast: float = 1.0
-    gamma: float = 1.0
-    tint: tuple = (1.0, 1.0, 1.0)
-    fog: float = 0.0  # 0 clear .. 1 dense
-    rain: float = 0.0
-    noise: float = 0.0
-    blur: float = 0.0
-    texture_offset: tuple = (0, 0)
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(SceneParams)}
 
 
-def _preset_key(preset: str) -> int:
-    return zlib.crc32(preset.encode("utf-8"))
-
-
 def _check_preset(preset: str) -> None:
     if preset not in PRESETS:
         raise SegscopeError(f"unknown preset {preset!r} (choose from: {', '.join(PRESETS)})")
+
+
+def _check_seed_index(seed, index) -> None:
+    for name, value in (("seed", seed), ("index", index)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+            raise SegscopeError(f"{name} must be a non-negative integer, got {value!r}")
 
 
 def check_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:
@@ -158,111 +117,45 @@ def check_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:
 
 
 #: Settings that are one of a few words, fractions in [0, 1], and counts.
-_CHOICES = {"lane_style": ("dashed", "solid", "double"), "median": ("concrete", "rail")}
-_UNIT = ("fog", "marking_fade", "marking_gaps", "clouds", "shadow", "rain")
-_COUNTS = ("vehicles", "trees")
+_CHOICES = {"lane_style": ("dashed", "solid", "double", "none"),
+            "edge_style": ("solid", "double", "none"), "median": ("concrete", "rail"),
+            "layout": LAYOUTS, "sidewalk_style": ("paved", "verge")}
+_UNIT = ("fog", "marking_fade", "marking_gaps", "clouds", "shadow", "rain", "parked", "signs",
+         "bare", "facades", "walls", "driveways", "patches", "cracks", "wet", "vignette")
+_COUNTS = ("vehicles", "trees", "pedestrians", "cyclists", "manholes", "arrows", "pole_spacing",
+           "sidewalk_left", "sidewalk_right", "crossing", "stop_line", "motion", "blur")
 
 
-def _sample_geometry(rng: np.random.Generator, p: SceneParams) -> None:
-    p.lanes = int(rng.integers(2, 5))
-    p.ego_lane = int(rng.integers(0, p.lanes))
-    p.ego_offset = float(rng.uniform(-0.4, 0.4))
-    p.yaw = float(rng.normal(0.0, 0.012))
-    # a third straight, the rest bending left or right (radius down to ~300 m)
-    p.curvature = float(rng.choice([0.0, 1.0, 1.0]) * rng.uniform(-0.0035, 0.0035))
-    p.slope = float(rng.choice([0.0, 1.0]) * rng.uniform(-0.0005, 0.0005))
-    p.dash_phase = float(rng.uniform(0.0, p.dash_length + p.dash_gap))
-    p.vehicles = int(rng.integers(0, 5))
-    p.trees = int(rng.integers(4, 16))
-    p.buildings = float(rng.uniform(0.0, 0.6))
-
-
-def _sample_appearance(rng: np.random.Generator, p: SceneParams) -> None:
-    u = rng.uniform
-    # camera pose
-    p.cam_height = float(u(1.1, 2.2))
-    p.pitch = float(u(0.0, 0.12))
-    p.roll = float(rng.normal(0.0, 0.025)) if rng.random() < 0.5 else 0.0
-    p.hfov = float(u(50.0, 80.0))
-    p.lane_width = float(u(3.0, 3.9))
-    p.shoulder_left = float(u(0.3, 1.5))
-    p.shoulder_right = float(u(0.5, 3.2))
-    p.dash_length = float(u(2.0, 6.0))
-    p.dash_gap = float(u(3.0, 12.0))
-    p.dash_phase = float(rng.uniform(0.0, p.dash_length + p.dash_gap))
-    p.edge_width = float(u(0.1, 0.3))
-    p.line_width = float(u(0.1, 0.25))
-    p.lane_style = str(rng.choice(["dashed", "dashed", "dashed", "solid", "double"]))
-    # markings: white or yellow paint, faded, with missing pieces
-    white = np.array([0.93, 0.93, 0.9]) * u(0.75, 1.0)
-    yellow = np.array([0.95, 0.78, 0.15]) * u(0.75, 1.0)
-    p.marking_rgb = tuple((yellow if rng.random() < 0.2 else white).tolist())
-    p.edge_rgb = tuple((yellow if rng.random() < 0.3 else np.array(p.marking_rgb)).tolist())
-    p.marking_fade = float(u(0.0, 0.55) if rng.random() < 0.6 else 0.0)
-    p.marking_gaps = float(u(0.0, 0.35) if rng.random() < 0.4 else 0.0)
-    # surfaces
-    grey = u(0.15, 0.6)
-    p.asphalt_rgb = tuple((grey + rng.normal(0, 0.03, 3)).clip(0.05, 0.8).tolist())
-    p.asphalt_texture = float(u(0.02, 0.18))
-    p.shoulder_shade = float(u(0.85, 1.2))
-    p.grass_rgb = tuple((np.array([0.30, 0.42, 0.17]) * u(0.6, 1.3)
-                         + rng.normal(0, 0.06, 3)).clip(0.02, 0.9).tolist())
-    sky = np.array([0.30, 0.50, 0.85]) * u(0.7, 1.15) + rng.normal(0, 0.05, 3)
-    p.sky_top_rgb = tuple(sky.clip(0.05, 1).tolist())
-    p.sky_horizon_rgb = tuple((0.5 * sky + 0.5 * u(0.7, 1.0) + rng.normal(0, 0.03, 3))
-                              .clip(0.1, 1).tolist())
-    p.clouds = float(u(0.0, 0.9))
-    p.hills_rgb = tuple((np.array([0.45, 0.55, 0.55]) + rng.normal(0, 0.08, 3)).clip(0, 1)
-                        .tolist())
-    p.trees_rgb = tuple((np.array([0.13, 0.25, 0.10]) * u(0.5, 1.6)).clip(0, 1).tolist())
-    p.building_rgb = tuple((u(0.35, 0.8) + rng.normal(0, 0.05, 3)).clip(0, 1).tolist())
-    p.median = str(rng.choice(["concrete", "rail"]))
-    # light, weather, sensor
-    p.sun_dx = float(u(-1.6, 1.6))
-    p.sun_dz = float(u(-1.0, 0.6))
-    p.shadow = float(u(0.0, 0.6))
-    p.brightness = float(u(0.6, 1.35))
-    p.contrast = float(u(0.65, 1.3))
-    p.gamma = float(u(0.75, 1.35))
-    p.tint = tuple((1.0 + rng.normal(0, 0.06, 3)).tolist())
-    p.fog = float(u(0.0, 0.9) if rng.random() < 0.35 else 0.0)
-    p.rain = float(u(0.0, 1.0) if rng.random() < 0.25 else 0.0)
-    if p.rain > 0 or p.fog > 0.4:
-        p.shadow = 0.0  # overcast
-    p.noise = float(u(0.0, 0.06))
-    p.blur = float(u(0.0, 1.5) if rng.random() < 0.5 else 0.0)
-    p.texture_offset = (int(rng.integers(0, 1024)), int(rng.integers(0, 1024)))
-
-
-def scene_params(seed: int, index: int, preset: str = "narrow", **overrides: Any) -> SceneParams:
+def scene_params(seed: int, index: int, preset: str = "narrow",
+                 factors: Mapping[str, str] | None = None, **overrides: Any) -> SceneParams:
     """The parameters of scene ``index`` of ``seed`` under ``preset`` (see :func:`render_scene`)."""
     _check_preset(preset)
+    _check_seed_index(seed, index)
+    modes = resolve_modes(preset, factors)
     overrides = check_overrides(overrides)
-    rng = _rng(seed, index, preset, 0)
-    p = SceneParams()
-    _sample_geometry(rng, p)
-    if preset == "randomized":
-        _sample_appearance(rng, p)
+    p = sample_params(int(seed), int(index), preset, modes)
     for key, value in overrides.items():
         setattr(p, key, value)
     return p
 
 
-def _rng(seed: int, index: int, preset: str, stream: int) -> np.random.Generator:
-    for name, value in (("seed", seed), ("index", index)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-            raise SegscopeError(f"{name} must be a non-negative integer, got {value!r}")
-    return np.random.default_rng([int(seed), int(index), _preset_key(preset), stream])
-
-
 # --------------------------------------------------------------------------- rendering
+#: Bytes of working memory per pixel while one scene is rendered (measured peak, with
+#: margin): a size whose buffers cannot fit is refused before anything is allocated.
+BYTES_PER_PIXEL = 400
+#: The largest image the generator renders (pixels).
+MAX_PIXELS = 4096 * 4096
+
+
 def render_scene(
     seed: int,
     index: int,
     size: tuple[int, int] = (360, 480),
     preset: str = "narrow",
+    factors: Mapping[str, str] | None = None,
+    trace: bool = False,
     **overrides: Any,
-) -> tuple[np.ndarray, np.ndarray]:
+):
     """Render synthetic road scene ``index`` of ``seed``.
 
     Parameters
@@ -272,8 +165,15 @@ def render_scene(
     size
         ``(H, W)`` in pixels.
     preset
-        ``"narrow"`` (one fixed look, only the geometry varies) or ``"randomized"``
-        (domain randomization over appearance, camera pose, weather and sensor).
+        ``"narrow"`` (a highway; only its geometry varies), ``"urban"`` (streets with
+        pavements, buildings, parked cars, people, shadows) or ``"randomized"`` (either
+        layout, every factor randomised over wide ranges).
+    factors
+        ``{factor: "on" | "fixed" | "off"}`` changing the preset's modes (see
+        :data:`FACTORS`); e.g. ``{"shadows": "off", "camera": "fixed"}``.
+    trace
+        Also return a (H,W) uint32 array whose bit ``i`` marks the pixels that factor
+        ``FACTOR_BITS[i]`` drew or shaded (objects, cast shadows, paint).
     **overrides
         Fix any field of :class:`SceneParams` (e.g. ``curvature=0.0``, ``vehicles=0``).
 
@@ -284,21 +184,54 @@ def render_scene(
     label : numpy.ndarray
         uint8 (H, W) with ROAD3 ids: 0 background, 1 road, 2 markings.
     """
-    height, width = _check_size(size)
-    p = scene_params(seed, index, preset, **overrides)
-    rng = _rng(seed, index, preset, 1)
+    height, width = check_size(size)
+    p = scene_params(seed, index, preset, factors, **overrides)
+
+    def rngs(name: str) -> np.random.Generator:
+        return factor_rng(seed, index, preset, name, 1)
+
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-        return render(p, height, width, rng)
+        return render(p, height, width, rngs, trace=trace)
 
 
-def _check_size(size) -> tuple[int, int]:
+def check_size(size) -> tuple[int, int]:
+    """``(H, W)`` as ints, refused with one line when too small or too large to render."""
     try:
         height, width = (int(v) for v in size)
     except (TypeError, ValueError):
         raise SegscopeError(f"size must be (H, W), got {size!r}") from None
     if height < 8 or width < 8:
         raise SegscopeError(f"size must be at least 8x8, got {height}x{width}")
+    if height * width > MAX_PIXELS:
+        need = height * width * BYTES_PER_PIXEL / 2**30
+        raise SegscopeError(
+            f"size {height}x{width} is too large to render (about {need:.0f} GiB of working "
+            f"memory; at most {MAX_PIXELS} pixels, e.g. 4096x4096)")
     return height, width
+
+
+_check_size = check_size
+
+
+def describe_dataset(dataset: Any) -> dict[str, Any] | None:
+    """What made ``dataset``, for a checkpoint's metadata: the settings (preset, factor
+    modes, overrides) of generated scenes or of a ``segscope synth`` folder; None for
+    other data."""
+    settings = getattr(dataset, "settings", None)
+    if isinstance(settings, dict) and "factors" in settings:
+        return dict(settings)
+    root = getattr(dataset, "root", None)
+    if getattr(dataset, "name", None) == "synth" and root is not None:
+        import json
+        from pathlib import Path
+
+        try:
+            meta = json.loads((Path(root) / "manifest.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        if isinstance(meta, dict) and isinstance(meta.get("settings"), dict):
+            return {"folder": str(root), **meta["settings"]}
+    return None
 
 
 # --------------------------------------------------------------------------- dataset
@@ -311,7 +244,7 @@ class SyntheticRoads(Dataset):
         Number of images; index ``i`` is scene ``i`` of ``seed``.
     size
         ``(H, W)``.
-    seed, preset, **overrides
+    seed, preset, factors, **overrides
         As for :func:`render_scene`.
 
     Items are ``(image float32 (3,H,W) in [0,1], label int64 (H,W))`` with ROAD3 ids.
@@ -328,26 +261,31 @@ class SyntheticRoads(Dataset):
         size: tuple[int, int] = (360, 480),
         seed: int = 0,
         preset: str = "narrow",
+        factors: Mapping[str, str] | None = None,
         **overrides: Any,
     ) -> None:
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
             raise SegscopeError(f"n must be a non-negative integer, got {n!r}")
         _check_preset(preset)
+        _check_seed_index(seed, 0)
         self.n = int(n)
-        self.size = _check_size(size)
+        self.size = check_size(size)
         self.seed = int(seed)
         self.preset = preset
+        self.factors = check_factors(factors)
         self.overrides = check_overrides(overrides)
-        _rng(self.seed, 0, preset, 0)  # validates the seed
 
     @property
     def settings(self) -> dict[str, Any]:
-        """Everything needed to rebuild the dataset (JSON-friendly)."""
+        """Everything needed to rebuild the dataset (JSON-friendly); ``factors`` holds the
+        mode of every factor, after the preset and the user's changes."""
         return {
             "n": self.n,
             "size": list(self.size),
             "seed": self.seed,
             "preset": self.preset,
+            "factors": resolve_modes(self.preset, self.factors),
+            "factor_changes": dict(self.factors),
             "overrides": dict(self.overrides),
             "generator_version": GENERATOR_VERSION,
         }
@@ -361,7 +299,8 @@ class SyntheticRoads(Dataset):
             index += self.n
         if not 0 <= index < self.n:
             raise IndexError(f"index {index} out of range for {self.n} synthetic scenes")
-        return render_scene(self.seed, index, self.size, self.preset, **self.overrides)
+        return render_scene(self.seed, index, self.size, self.preset, self.factors,
+                            **self.overrides)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image, label = self.render(int(index))
@@ -370,5 +309,7 @@ class SyntheticRoads(Dataset):
 
     def __repr__(self) -> str:
         extra = "".join(f", {k}={v!r}" for k, v in self.overrides.items())
+        if self.factors:
+            extra = f", factors={self.factors!r}" + extra
         return (f"SyntheticRoads(n={self.n}, size={self.size}, seed={self.seed}, "
                 f"preset={self.preset!r}{extra})")

@@ -23,6 +23,10 @@ import math
 import numpy as np
 
 from .classes import MARKINGS, ROAD
+from .synthetic_factors import FACTORS
+
+#: Bit ``i`` of a trace marks the pixels that factor ``FACTOR_BITS[i]`` acted on.
+FACTOR_BITS: tuple[str, ...] = tuple(FACTORS)
 
 TILE = 512  # noise tiles (power of two: indices wrap with a bit mask)
 FINE = 1024  # pixel-space grain tile
@@ -111,6 +115,9 @@ class Canvas:
         self.depth = np.full((height, width), np.inf, F32)
         self.covered = np.zeros((height, width), bool)  # an object was drawn here
         self.shadow = None  # (H,W) multiplier on the ground, made on first use
+        # which factors acted on each pixel (bit i: FACTOR_BITS order); only when traced
+        self.trace: np.ndarray | None = None
+        self.tag = 0
         lw = p.lane_width
         self.road_w = p.lanes * lw
         self.xcam = (p.ego_lane + 0.5) * lw + p.ego_offset
@@ -161,18 +168,38 @@ class Canvas:
         np.copyto(self.image[rs, cs], np.broadcast_to(colour, mask.shape + (3,)),
                   where=mask[..., None])
         self.covered[rs, cs] |= mask
+        if self.trace is not None:
+            self.trace[rs, cs] |= np.where(mask, self.tag, 0).astype(np.uint32)
 
     def darken(self, rs, cs, mask, factor: float) -> None:
         """Shade the ground under ``mask`` (contact shadows)."""
         if self.shadow is None:
             self.shadow = np.ones((self.H, self.W), F32)
         self.shadow[rs, cs][mask] *= F32(factor)
+        if self.trace is not None:
+            self.trace[rs, cs] |= np.where(mask, self.tag, 0).astype(np.uint32)
+
+    def tagged(self, *names: str) -> Canvas:
+        """Set the factors that the next drawing belongs to (for the trace)."""
+        self.tag = 0
+        for name in names:
+            self.tag |= 1 << FACTOR_BITS.index(name)
+        return self
 
 
 # --------------------------------------------------------------------------- scene
-def render(p, height: int, width: int, rng: np.random.Generator):
-    """Picture (H,W,3) float32 in [0,1] and ROAD3 label (H,W) uint8 of scene ``p``."""
+def render(p, height: int, width: int, rngs, trace: bool = False):
+    """Picture (H,W,3) float32 in [0,1] and ROAD3 label (H,W) uint8 of scene ``p``.
+
+    ``rngs(name)`` gives the render-time random stream of factor ``name``. With
+    ``trace`` a third array (H,W) uint32 says which factors acted on each pixel (bit i:
+    ``FACTOR_BITS[i]``).
+    """
+    from . import synthetic_elements as el
+
     cv = Canvas(p, height, width)
+    if trace:
+        cv.trace = np.zeros((height, width), np.uint32)
     tex = textures()
     H, W = height, width
 
@@ -204,26 +231,52 @@ def render(p, height: int, width: int, rng: np.random.Generator):
     zfull = np.broadcast_to(zb, (H - g0, W))
     cv.depth[g0:] = zfull if all_ground else np.where(gm, zfull, F32(np.inf))
 
-    _sky(cv, p, tex, s1)
-    _skyline(cv, p, tex, rng)
-    _barriers(cv, p)
-    _poles(cv, p, rng)
-    _trees(cv, p, tex, rng)
-    _vehicles(cv, p, rng)
+    _sky(cv.tagged("palette"), p, tex, s1)
+    _skyline(cv.tagged("buildings", "trees", "palette"), p, tex, rngs("palette"))
+    if p.layout == "urban":
+        el.frontage(cv.tagged("buildings"), p, tex, rngs("buildings"))
+    else:
+        _barriers(cv.tagged("layout"), p)
+    if p.pole_spacing > 0:
+        if p.layout == "urban":
+            el.street_furniture(cv, p, rngs("poles"))
+        else:
+            _poles(cv.tagged("poles"), p, rngs("poles"))
+    _trees(cv, p, tex, rngs("trees"))
+    if p.layout == "urban":
+        el.parked_vehicles(cv.tagged("vehicles"), p, rngs("vehicles"))
+    _vehicles(cv.tagged("vehicles"), p, rngs("vehicles"))
+    el.people(cv.tagged("people"), p, rngs("people"))
     label = np.zeros((H, W), np.uint8)
     if g0 < H:
-        label[g0:] = _ground(cv, p, tex, g0, x, zb, mpp, inv, gm, all_ground)
+        label[g0:] = _ground(cv, p, tex, g0, x, zb, mpp, inv, gm, all_ground, rngs)
     _atmosphere(cv, p, tex)
+    el.camera_effects(cv, p)
+    if p.distortion:
+        image, label, tr = el.distort(cv.image, label, cv.trace, p.distortion)
+        cv.image, cv.trace = image, tr
+    if p.jpeg:
+        cv.image = el.jpeg(cv.image, p.jpeg)
+    if trace:
+        return cv.image, label, cv.trace
     return cv.image, label
 
 
-def _ground(cv: Canvas, p, tex, g0, x, zb, mpp, inv, gm, all_ground) -> np.ndarray:
-    """Compose grass, road and markings below the horizon; return the band's labels."""
+#: Width of a kerb (metres).
+KERB = 0.15
+
+
+def _ground(cv: Canvas, p, tex, g0, x, zb, mpp, inv, gm, all_ground, rngs) -> np.ndarray:
+    """Compose verge, kerbs, pavements, road and markings below the horizon; return the
+    band's labels. Every class boundary is an interval of the road coordinate ``x`` (or
+    of the distance ``z`` for crossings, stop lines and arrows)."""
     H, W = cv.H, cv.W
     hb = H - g0
     ox, oy = p.texture_offset
     lw = p.lane_width
     lo, hi = -p.shoulder_left, cv.road_w + p.shoulder_right
+    urban = p.layout == "urban"
+    trace = cv.trace[g0:] if cv.trace is not None else None
 
     covered = cv.covered[g0:]
     visible = ~covered if all_ground else gm & ~covered
@@ -242,8 +295,14 @@ def _ground(cv: Canvas, p, tex, g0, x, zb, mpp, inv, gm, all_ground) -> np.ndarr
     line_dist = dist
     edge = (idx == 0) | (idx == p.lanes)
     lane_hw = p.line_width / 2
+    doubled = np.zeros((), bool)
     if p.lane_style == "double":
-        dist = np.where(edge, dist, np.abs(dist - F32(p.line_width * 1.4)))
+        doubled = ~edge
+    if p.edge_style == "double":
+        doubled = doubled | edge
+    if doubled.any():
+        gap = np.where(edge, F32(p.edge_width * 1.6), F32(p.line_width * 1.4))
+        dist = np.where(doubled, np.abs(dist - gap), dist)
     hw = np.where(edge, F32(p.edge_width / 2), F32(lane_hw))
     np.maximum(hw, F32(0.5) * mpp, out=hw)  # never thinner than one pixel
     paint = hw - dist
@@ -258,9 +317,14 @@ def _ground(cv: Canvas, p, tex, g0, x, zb, mpp, inv, gm, all_ground) -> np.ndarr
         dash_id = np.floor(s / F32(period)).astype(np.int64)
     else:
         dash_id = np.floor(s / F32(6.0)).astype(np.int64)
+    if p.lane_style == "none":
+        paint *= edge
+    if p.edge_style == "none":
+        paint *= ~edge
     if p.marking_gaps > 0:
         h = tex["hash"][(dash_id * 7 + idx.astype(np.int64) * 131 + ox) & 4095]
         paint *= h >= p.marking_gaps
+    paint = _road_symbols(cv, p, x, zb, paint)
     # markings only where visible road surrounds them in their row
     vis = surface & visible
     enclosed = vis.copy()
@@ -273,6 +337,9 @@ def _ground(cv: Canvas, p, tex, g0, x, zb, mpp, inv, gm, all_ground) -> np.ndarr
     label = vis.astype(np.uint8)  # ROAD == 1
     label[paint >= 0.5] = MARKINGS
     assert ROAD == 1
+    if trace is not None:
+        trace |= np.where(paint > 0, np.uint32(1 << FACTOR_BITS.index("markings")), 0
+                          ).astype(np.uint32)
 
     # shading: world-space texture (fades with distance) and pixel-space grain
     tz = (zb * F32(3.0)).astype(np.int32) & (TILE - 1)
@@ -295,37 +362,161 @@ def _ground(cv: Canvas, p, tex, g0, x, zb, mpp, inv, gm, all_ground) -> np.ndarr
     if p.shoulder_shade != 1.0:
         shoulder = (x < 0) | (x > cv.road_w)
         rs *= F32(1.0) + F32(p.shoulder_shade - 1.0) * shoulder
+    rs = _surface_variety(cv, p, tex, x, zb, fade, rs, d_in, rngs("surface"))
     ps = F32(1.0) + F32(0.05) * grain
     if cv.shadow is not None:
         sb = cv.shadow[g0:]
         gs *= sb
         rs *= sb
         ps *= sb
+    if urban and p.shadow > 0 and p.facades + p.walls > 0:
+        bs = _frontage_shadow(cv, p, x, zb)
+        if bs is not None:
+            gs *= bs
+            rs *= bs
+            ps *= bs
+            if trace is not None:
+                bits = (1 << FACTOR_BITS.index("buildings")) | (1 << FACTOR_BITS.index("shadows"))
+                trace |= np.where(bs < 1, np.uint32(bits), 0).astype(np.uint32)
     alpha = paint
     if p.marking_fade > 0:
         wear = tex["ground"][(tz * 5) & (TILE - 1), (tx * 7 + 99) & (TILE - 1)]
         alpha = paint * (F32(1.0) - F32(p.marking_fade) * np.clip(F32(0.6) + F32(0.5) * wear,
                                                                   0, 1))
-    gravel = (d_in < 0) & (d_in > F32(-0.7))
 
-    weights = np.empty((hb, W, 5), F32)
+    # beside the road: a kerb and a pavement (urban), or a gravel strip (highway)
+    out_d = -d_in
+    n_mat = 6 if urban else 5
+    weights = np.empty((hb, W, n_mat + 1), F32)
     one_minus = F32(1.0) - cov
     np.multiply(one_minus, gs, out=weights[..., 0])
-    np.multiply(weights[..., 0], gravel, out=weights[..., 1])
-    weights[..., 0] -= weights[..., 1]
+    if urban:
+        sw = np.where(x < lo, F32(p.sidewalk_left), F32(p.sidewalk_right))
+        kerb = (out_d > 0) & (out_d < F32(KERB))
+        walk = (out_d >= F32(KERB)) & (out_d < F32(KERB) + sw)
+        kerbf = kerb.astype(F32)
+        if trace is not None:
+            trace |= np.where((kerb | walk) & visible, np.uint32(
+                1 << FACTOR_BITS.index("sidewalks")), 0).astype(np.uint32)
+        if p.sidewalk_style == "paved":
+            walkf = walk.astype(F32)
+            # slab joints, faded out where they would alias
+            xo = out_d - F32(KERB)
+            jw = np.maximum(F32(0.025), mpp)
+            joints = (np.mod(xo, F32(p.slab)) < jw) | (np.mod(zb, F32(p.slab)) < jw)
+            shade = gs * (F32(1.0) - F32(0.18) * joints
+                          * np.clip(F32(0.03) / mpp - F32(0.5), 0, 1))
+            if p.driveways > 0:
+                drive = tex["hash"][(np.floor(zb / F32(7.0)).astype(np.int64) * 37
+                                     + (x < lo) * 911 + ox) & 4095] < p.driveways
+                shade *= np.where(drive, F32(0.8), F32(1.0))
+            np.multiply(one_minus * walkf, shade, out=weights[..., 1])
+        else:
+            walkf = F32(0.0)
+            weights[..., 1] = 0
+        np.multiply(one_minus * kerbf, gs, out=weights[..., 5])
+        weights[..., 0] *= F32(1.0) - kerbf - walkf
+        # gutter: the road darkens in the last 0.25 m before the kerb
+        rs *= F32(1.0) - F32(0.25) * np.clip(F32(1.0) - d_in / F32(0.25), 0, 1) * surface
+        mat1 = p.sidewalk_rgb
+    else:
+        gravel = (d_in < 0) & (d_in > F32(-0.7))
+        np.multiply(weights[..., 0], gravel, out=weights[..., 1])
+        weights[..., 0] -= weights[..., 1]
+        mat1 = (0.46, 0.43, 0.37)
     np.multiply(cov, rs, out=weights[..., 2])
     weights[..., 2] *= F32(1.0) - alpha
     ap = alpha * ps
     np.multiply(ap, ~edge, out=weights[..., 3])
     np.multiply(ap, edge, out=weights[..., 4])
-    colours = np.array([p.grass_rgb, (0.46, 0.43, 0.37), p.asphalt_rgb, p.marking_rgb,
-                        p.edge_rgb], F32)
-    band = weights @ colours
+    colours = [p.grass_rgb, mat1, p.asphalt_rgb, p.marking_rgb, p.edge_rgb]
+    if urban:
+        colours.append(p.kerb_rgb)
+    # a wet road mirrors the sky, more so far away
+    colours.append(p.sky_horizon_rgb)
+    if p.wet > 0:
+        np.multiply(weights[..., 2], F32(0.45 * p.wet) * (F32(1.0) - F32(0.7) * fade),
+                    out=weights[..., -1])
+        weights[..., 2] *= F32(1.0 - 0.35 * p.wet)
+    else:
+        weights[..., -1] = 0
+    band = weights @ np.array(colours, F32)
     if all_ground and not covered.any():
         cv.image[g0:] = band
     else:
         np.copyto(cv.image[g0:], band, where=visible[..., None])
     return label
+
+
+def _road_symbols(cv: Canvas, p, x, zb, paint):
+    """Zebra crossing, stop line and arrows: paint given by intervals of (x, z)."""
+    lw, road_w = p.lane_width, cv.road_w
+    extra = None
+    if p.crossing > 0:
+        zc = p.crossing
+        m = (zb >= zc) & (zb < zc + 3.0) & (x > 0) & (x < road_w) & (np.mod(x, F32(1.0)) < 0.5)
+        extra = m
+    if p.stop_line > 0:
+        x0 = p.ego_lane * lw
+        m = (zb >= p.stop_line) & (zb < p.stop_line + 0.3) & (x > x0) & (x < x0 + lw)
+        extra = m if extra is None else extra | m
+    for k in range(p.arrows):
+        a = 9.0 + 14.0 * k + (p.dash_phase % 5.0)
+        xc = (p.ego_lane + 0.5) * lw
+        rel = zb - F32(a)
+        shaft = (rel >= 0) & (rel < 3.0) & (np.abs(x - F32(xc)) < 0.1)
+        head = (rel >= 3.0) & (rel < 4.5) & (np.abs(x - F32(xc)) < F32(0.45) * (F32(4.5) - rel)
+                                              / F32(1.5))
+        m = shaft | head
+        extra = m if extra is None else extra | m
+    if extra is None:
+        return paint
+    return np.maximum(paint, extra.astype(F32))
+
+
+def _surface_variety(cv: Canvas, p, tex, x, zb, fade, rs, d_in, rng):
+    """Patches of newer or older asphalt, cracks and manhole covers (shading only)."""
+    hsh = tex["hash"]
+    ox, oy = p.texture_offset
+    if p.patches > 0:
+        cell = np.floor(x / F32(2.5)).astype(np.int64) * 53 + np.floor(zb / F32(4.0)).astype(
+            np.int64) * 7 + ox
+        pick = hsh[cell & 4095]
+        patch = pick < F32(0.25 * p.patches)
+        tone = F32(0.82) + F32(0.36) * hsh[(cell * 3 + 1) & 4095]
+        rs = rs * np.where(patch, tone, F32(1.0))
+    if p.cracks > 0:
+        c = tex["ground"][(zb * F32(11.0)).astype(np.int32) & (TILE - 1),
+                          (x * F32(11.0) + F32(oy)).astype(np.int32) & (TILE - 1)]
+        crack = (np.abs(c) < F32(0.05 * p.cracks)) & (zb < F32(25.0))
+        rs = rs * np.where(crack, F32(0.65), F32(1.0))
+    if p.manholes > 0:
+        for _ in range(p.manholes):
+            xm = float(rng.uniform(0.5, max(cv.road_w - 0.5, 0.6)))
+            zm = float(rng.uniform(5.0, 40.0))
+            r = float(rng.uniform(0.3, 0.45))
+            d2 = (x - F32(xm)) ** 2 + (zb - F32(zm)) ** 2
+            rs = rs * np.where(d2 < F32(r * r), np.where(d2 > F32(0.7 * r * r), F32(0.55),
+                                                          F32(0.8)), F32(1.0))
+    return rs
+
+
+def _frontage_shadow(cv: Canvas, p, x, zb):
+    """The shadow that the buildings and walls beside the road cast across it: the ground
+    at ``x`` is shaded when it lies within ``height * |sun_dx|`` of the lit side's
+    frontage."""
+    fr = getattr(cv, "frontage", None)
+    if not fr or p.sun_dx == 0:
+        return None
+    side = "right" if p.sun_dx < 0 else "left"
+    starts, heights, x_f = fr[side]
+    if not len(starts):
+        return None
+    k = np.searchsorted(starts, zb, side="right") - 1
+    h = np.asarray(heights, F32)[np.clip(k, 0, len(heights) - 1)]
+    reach = h * F32(abs(p.sun_dx))
+    shade = (x > F32(x_f) - reach) if side == "right" else (x < F32(x_f) + reach)
+    return np.where(shade, F32(1.0 - p.shadow), F32(1.0))
 
 
 def _sky(cv: Canvas, p, tex, s1: int) -> None:
@@ -478,11 +669,10 @@ def _barriers(cv: Canvas, p) -> None:
 
 def _poles(cv: Canvas, p, rng) -> None:
     """Lamp posts beside the right shoulder, with an arm over the road."""
-    spacing = 45.0
-    phase = float(rng.uniform(0, spacing))
+    phase = float(rng.uniform(0, p.pole_spacing))
     x_pole = cv.road_w + p.shoulder_right + 1.5
     rgb = np.array([0.55, 0.56, 0.58], F32)
-    for z in np.arange(phase + 6.0, min(cv.zmax, 250.0), spacing)[::-1]:
+    for z in np.arange(phase + 6.0, min(cv.zmax, 250.0), p.pole_spacing)[::-1]:
         u = float(cv.column(x_pole, z))
         ua = float(cv.column(x_pole - 2.5, z))
         vg = float(cv.ground_row(z))
@@ -503,19 +693,28 @@ def _trees(cv: Canvas, p, tex, rng) -> None:
     if n <= 0:
         return
     side = rng.random(n) < 0.55
-    lateral = 3.0 + 27.0 * rng.random(n) ** 2  # most trees near the verge
+    if p.layout == "urban":
+        # on the pavement near its outer edge, or just beyond it
+        lateral = np.where(side, p.sidewalk_right, p.sidewalk_left) * rng.uniform(0.55, 1.3, n)
+        lateral = lateral + KERB
+        zt = rng.uniform(5.0, 120.0, n)
+    else:
+        lateral = 3.0 + 27.0 * rng.random(n) ** 2  # most trees near the verge
+        zt = rng.uniform(6.0, 200.0, n)
     xs = np.where(side, cv.road_w + p.shoulder_right + lateral, -p.shoulder_left - lateral)
-    zt = rng.uniform(6.0, 200.0, n)
     radius = rng.uniform(1.8, 4.0, n)
     trunk_h = rng.uniform(1.2, 2.5, n)
-    conifer = rng.random(n) < 0.3
+    conifer = rng.random(n) < (0.3 if p.layout == "highway" else 0.1)
+    bare = rng.random(n) < p.bare
     jitter = rng.uniform(-0.35, 0.35, (n, 3, 2))
     tr = np.asarray(p.trees_rgb, F32)
+    branch = np.array([0.30, 0.27, 0.24], F32)
     ox, oy = p.texture_offset
     for i in np.argsort(-zt):
         z = float(zt[i])
         if z > cv.zmax:
             continue
+        cv.tagged("trees")
         u = float(cv.column(xs[i], z))
         vg = float(cv.ground_row(z))
         r = max(1.0, cv.f * radius[i] / z)
@@ -537,15 +736,24 @@ def _trees(cv: Canvas, p, tex, rng) -> None:
             for jx, jy in jitter[i]:
                 crown |= (du - jx) ** 2 + ((dv - jy) * 1.15) ** 2 < 0.55
         trunk = (np.abs(du) < max(0.5 / r, 0.08)) & (vv > vc) & (vv <= vg)
-        lit = np.clip(F32(1.0) - F32(0.35) * (du + dv), F32(0.55), F32(1.4))
         g = _grain(tex, rs.start, rs.stop, cv.W, ox + 13 * i, oy + 7 * i)[:, cs]
-        rgb = tr * (lit * (F32(0.9) + F32(0.12) * g))[..., None]
-        rgb = np.where(crown[..., None], rgb, np.array([0.22, 0.16, 0.10], F32))
+        if bare[i] and not conifer[i]:
+            # leafless: a sparse tangle of twigs through which the background shows
+            crown = crown & (g > F32(0.55))
+            rgb = np.broadcast_to(branch * (F32(0.8) + F32(0.2) * g)[..., None],
+                                  g.shape + (3,))
+            rgb = np.where(crown[..., None], rgb, np.array([0.22, 0.18, 0.14], F32))
+        else:
+            lit = np.clip(F32(1.0) - F32(0.35) * (du + dv), F32(0.55), F32(1.4))
+            rgb = tr * (lit * (F32(0.9) + F32(0.12) * g))[..., None]
+            rgb = np.where(crown[..., None], rgb, np.array([0.22, 0.16, 0.10], F32))
         cv.put(rs, cs, crown | trunk, F32(z), rgb)
         if p.shadow > 0:
             h = trunk_h[i] + radius[i] * (2.6 if conifer[i] else 1.0)
+            cv.tagged("trees", "shadows")
             _ground_shadow(cv, xs[i] + p.sun_dx * h, z + p.sun_dz * h,
-                           radius[i] * (0.8 if conifer[i] else 1.0), p.shadow)
+                           radius[i] * (0.8 if conifer[i] else 1.0),
+                           p.shadow * (0.45 if bare[i] else 1.0))
 
 
 def _ground_shadow(cv: Canvas, xs: float, zs: float, r: float, strength: float) -> None:
@@ -573,32 +781,40 @@ _CAR_COLOURS = np.array(
      [0.10, 0.18, 0.45], [0.30, 0.32, 0.30], [0.75, 0.72, 0.62]], F32)
 
 
+#: width, height, length (metres) of a car, a van, a bus and a lorry
+VEHICLE_SHAPES = ((1.8, 1.45, 4.5), (2.0, 2.1, 5.2), (2.5, 3.1, 11.0), (2.5, 3.6, 12.0))
+
+
 def _vehicles(cv: Canvas, p, rng) -> None:
     n = p.vehicles
     if n <= 0:
         return
     lanes = rng.integers(0, p.lanes, n)
-    zv = rng.uniform(8.0, 110.0, n)
-    truck = rng.random(n) < 0.25
+    urban = p.layout == "urban"
+    zv = rng.uniform(6.0 if urban else 8.0, 80.0 if urban else 110.0, n)
+    kind = rng.choice(4, n, p=[0.72, 0.13, 0.07, 0.08] if urban else [0.7, 0.05, 0.0, 0.25])
     colours = _CAR_COLOURS[rng.integers(0, len(_CAR_COLOURS), n)]
     offset = rng.normal(0, 0.2, n)
+    bus_rgb = np.array([[0.85, 0.85, 0.83], [0.75, 0.12, 0.10], [0.15, 0.30, 0.60]], F32)[
+        rng.integers(0, 3, n)]
+    # on a street, the lanes right of the middle carry the oncoming traffic
+    ours = (p.lanes + 1) // 2 if urban and p.lanes > 1 else p.lanes
     taken: list[tuple[int, float]] = []
     for i in np.argsort(zv):  # nearest first: it claims its lane stretch
         z0 = float(zv[i])
-        length = 12.0 if truck[i] else 4.5
+        w, h, length = VEHICLE_SHAPES[kind[i]]
         if any(lane == lanes[i] and abs(z0 - zz) < 16 for lane, zz in taken):
             continue
         if (lanes[i] == p.ego_lane and z0 < 14) or z0 + length > cv.zmax:
             continue
         taken.append((int(lanes[i]), z0))
         xc = (lanes[i] + 0.5) * p.lane_width + offset[i]
-        if truck[i]:
-            _draw_vehicle(cv, xc, z0, 2.5, 3.6, length, np.array([0.85, 0.85, 0.83], F32), True)
-        else:
-            _draw_vehicle(cv, xc, z0, 1.8, 1.45, length, colours[i], False)
+        body = colours[i] if kind[i] < 2 else bus_rgb[i]
+        _draw_vehicle(cv, xc, z0, w, h, length, body, kind[i] >= 2, front=lanes[i] >= ours)
 
 
-def _draw_vehicle(cv: Canvas, xc, z0, width, height, length, body, truck) -> None:
+def _draw_vehicle(cv: Canvas, xc, z0, width, height, length, body, truck,
+                  front: bool = False) -> None:
     f = cv.f
     z1 = z0 + length
     ul, ur = float(cv.column(xc - width / 2, z0)), float(cv.column(xc + width / 2, z0))
@@ -650,9 +866,13 @@ def _draw_vehicle(cv: Canvas, xc, z0, width, height, length, body, truck) -> Non
         rgb[(hrel > 0.14) & (hrel < 0.2) & ((wrel < 0.12) | (wrel > 0.88))] = (0.8, 0.06, 0.05)
     else:
         rgb[(hrel > 0.6) & (hrel < 0.92) & (wrel > 0.1) & (wrel < 0.9)] = (0.10, 0.11, 0.13)
-        rgb[(hrel > 0.45) & (hrel < 0.58) & ((wrel < 0.17) | (wrel > 0.83))] = (0.78, 0.06, 0.05)
+        lamp = (0.95, 0.93, 0.80) if front else (0.78, 0.06, 0.05)
+        rgb[(hrel > 0.45) & (hrel < 0.58) & ((wrel < 0.17) | (wrel > 0.83))] = lamp
         rgb[(hrel > 0.3) & (hrel < 0.38) & (wrel > 0.38) & (wrel < 0.62)] = (0.85, 0.85, 0.8)
         rgb[hrel < 0.3] *= F32(0.55)
+        # the cabin is narrower than the body
+        inside = inside & ~((hrel > 0.6) & (np.abs(wrel - F32(0.5)) > F32(0.5)
+                                             - F32(0.25) * (hrel - F32(0.6))))
     tyres = under & ((wrel < 0.2) | (wrel > 0.8))
     rgb[under] = 0.04
     cv.put(rs, cs, inside & (~under | tyres), F32(z0), rgb)
