@@ -725,8 +725,10 @@ def _run(config: TrainConfig, d: _Dist, out: Path, header: dict | None,
                            weights.tolist(), elapsed_before + time.perf_counter() - t0, True)
     model_path = out / "model.safetensors"
     if d.main:
+        from .data.synthetic import describe_dataset  # what made the data: preset, factors
+
         save_model(model, model_path, kind="final", step=step, val_metrics=val_metrics,
-                   train_config=config.to_json())
+                   train_config=config.to_json(), data=describe_dataset(train_set))
         write_metrics(out, history)
     _barrier(d)
     return TrainResult(out, model_path, best_path if best is not None else None, step, total,

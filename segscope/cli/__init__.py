@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "study": ("segscope.cli.study", "study", "Run the chapter-9 analyses and write a report."),
     "report": ("segscope.cli.report", "report", "Rebuild report.html from a study folder."),
     "demo": ("segscope.cli.demo", "demo", "The whole study on built-in synthetic data."),
+    "ablate": ("segscope.cli.ablate", "ablate", "One model per synthetic-data factor setting."),
 }
 
 
