@@ -65,38 +65,47 @@ def frontage(cv: Canvas, p, tex, rng) -> None:
         if max(heights) <= 0:
             continue
         heights_a, kinds_a = np.asarray(heights, F32), np.asarray(kinds)
-        colours_a, bays_a = np.asarray(colours, F32), np.asarray(bays, F32)
+        bays_a = np.asarray(bays, F32)
+        # one colour table: per segment, base / glass / cornice / wall top / wood / hedge
+        base_c = np.asarray(colours, F32)
         glass = np.asarray(p.sky_horizon_rgb, F32) * F32(0.35) + F32(0.06)
+        lut = np.empty((len(starts), _MATERIALS, 3), F32)
+        lut[:, 0] = base_c
+        lut[:, 1] = glass
+        lut[:, 2] = base_c * F32(0.75)
+        lut[:, 3] = np.minimum(base_c * F32(1.15), 1.0)
+        lut[:, 4] = (0.31, 0.22, 0.15)
+        lut[:, 5] = (0.36, 0.26, 0.17)
+        lut[:, 6] = (0.16, 0.28, 0.11)
+        lut = lut.reshape(-1, 3)
         for rs, cs, ok, zc, hgt in _fence(cv, x_f, float(heights_a.max())):
             k = np.clip(np.searchsorted(starts_a, zc, side="right") - 1, 0, len(starts_a) - 1)
             seg_h = heights_a[k]
             m = ok & (hgt <= seg_h)
             if not m.any():
                 continue
-            shape = m.shape
-            kind = np.broadcast_to(kinds_a[k], shape)
+            kind = kinds_a[k]  # per column (per pixel with roll)
             local = zc - starts_a[k]
-            rgb = np.broadcast_to(colours_a[k], shape + (3,)).copy()
-            g = _grain(tex, rs.start, rs.stop, cv.W, 31 * len(starts), 17)[:, cs]
-            rgb *= (F32(0.94) + F32(0.06) * g)[..., None]
-            building = kind == 0
             bay = np.mod(local, bays_a[k]) / bays_a[k]
             storey = np.mod(hgt, F32(3.0))
-            win = building & (bay > 0.3) & (bay < 0.8) & (storey > 0.9) & (storey < 2.3) & (
-                hgt > 3.0) & (hgt < seg_h - 0.8)
-            shop = building & (hgt > 0.4) & (hgt < 2.7) & (np.mod(local, F32(6.0)) > 0.6)
-            rgb[win | shop] = glass
-            rgb[building & (hgt > seg_h - 0.35)] *= F32(0.75)  # cornice
-            zfull = np.broadcast_to(zc, shape)
-            fence = kind == 2
-            rgb[fence] = np.array([0.36, 0.26, 0.17], F32) * (
-                F32(0.85) + F32(0.15) * (np.mod(zfull[fence], F32(0.15)) < 0.1))[..., None]
-            hedge = kind == 3
-            rgb[hedge] = np.array([0.16, 0.28, 0.11], F32) * (
-                F32(0.8) + F32(0.3) * g[hedge])[..., None]
-            wall_top = (kind == 1) & (hgt > seg_h - 0.12)
-            rgb[wall_top] *= F32(1.15)
-            cv.put(rs, cs, m, zfull, rgb)
+            building = kind == 0
+            glass_m = building & (((bay > 0.3) & (bay < 0.8) & (storey > 0.9) & (storey < 2.3)
+                                   & (hgt > 3.0) & (hgt < seg_h - 0.8))
+                                  | ((hgt > 0.4) & (hgt < 2.7) & (np.mod(local, F32(6.0)) > 0.6)))
+            top = hgt > seg_h - np.where(building, F32(0.35), F32(0.12))
+            mat = glass_m.astype(np.int64)
+            mat += top * (building * 2 + (kind == 1) * 3)
+            stripe = np.mod(zc, F32(0.15)) < 0.1
+            mat += (kind == 2) * (4 + stripe)
+            mat += (kind == 3) * 6
+            g = _grain(tex, rs.start, rs.stop, cv.W, 31 * len(starts), 17)[:, cs]
+            rgb = lut[k * _MATERIALS + mat]
+            rgb *= (F32(0.94) + F32(0.06) * g)[..., None]
+            cv.put(rs, cs, m, np.broadcast_to(zc, m.shape), rgb)
+
+
+#: Colours per frontage segment in the lookup table of :func:`frontage`.
+_MATERIALS = 7
 
 
 # --------------------------------------------------------------------------- furniture
