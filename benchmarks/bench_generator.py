@@ -1,6 +1,6 @@
 """Synthetic generator throughput vs one SegNet training step.
 
-Measures images/s of :func:`segscope.data.render_scene` at 360x480 for both presets
+Measures images/s of :func:`segscope.data.render_scene` at 360x480 for every preset
 (median over several runs) and the time of one training step (forward, backward, SGD) of a
 width-0.25 SegNet at batch 4 on the same size, then prints the ratio
 "generator time per batch of 4 / step time": below 1 the generator keeps up with training
@@ -79,6 +79,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2, help="torch threads for the train step")
     ap.add_argument("--workers", type=int, default=2, help="DataLoader workers")
     args = ap.parse_args()
+    import os
+
+    print(f"load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
     torch.set_num_threads(args.threads)
     textures()  # built once per process; not part of the per-image cost
     step = train_step_time(args.runs)
@@ -95,6 +98,7 @@ def main() -> None:
     for preset in PRESETS:
         rate = loader_rate(preset, args.workers, 20 * args.images)
         print(f"{preset:<11} {rate:9.1f} images/s")
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":
