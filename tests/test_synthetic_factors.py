@@ -230,3 +230,17 @@ def test_a_manifest_that_points_outside_its_folder_is_refused(tmp_path, run_cli,
     (out / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(SegscopeError, match="inside the dataset"):
         open_dataset(out)
+
+
+def test_a_model_trained_on_a_synth_folder_records_its_factors(tmp_path, run_cli):
+    from segscope.checkpoint import read_metadata
+    from segscope.training import TrainConfig, train
+
+    data = tmp_path / "s"
+    assert run_cli(["synth", "--out", str(data), "--n", "4", "--size", "32x48", "--preset",
+                    "urban", "--factor", "people=off", "-q"]).code == 0
+    res = train(TrainConfig(data=str(data), out=str(tmp_path / "r"), width=0.0625, iters=2,
+                            batch_size=2, device="cpu", quiet=True, class_weights="none"))
+    meta = read_metadata(res.model_path)["data"]
+    assert meta["preset"] == "urban" and meta["factors"]["people"] == "off"
+    assert meta["factor_changes"] == {"people": "off"} and meta["folder"] == str(data)
