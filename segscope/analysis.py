@@ -26,16 +26,25 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from numpy.typing import DTypeLike
 
 #: The relevance shares whose pixel shares a study reports (§9.7: "99 % in 24.8 %").
 REPORTED_SHARES = (0.5, 0.9, 0.99)
 
 
-def as_numpy(a) -> np.ndarray:
-    """A tensor or array-like as a float64 numpy array (detached, on the CPU)."""
+def as_numpy(a, dtype: DTypeLike | None = np.float64) -> np.ndarray:
+    """A tensor or array-like as a numpy array, detached and on the CPU.
+
+    The one tensor-to-numpy helper of segscope. ``dtype`` is the result's dtype (float64
+    for the numbers of a study); ``None`` keeps an array's own dtype and gives a tensor as
+    float32, the dtype relevance is stored in.
+    """
     if torch.is_tensor(a):
-        return a.detach().to("cpu", torch.float64).numpy()
-    return np.asarray(a, dtype=np.float64)
+        a = a.detach()
+        if dtype is None:
+            return a.to("cpu", torch.float32).numpy()
+        return a.to("cpu", torch.float64).numpy().astype(dtype, copy=False)
+    return np.asarray(a, dtype=dtype)
 
 
 # -- eq 9.1 and 9.3 ------------------------------------------------------------------------

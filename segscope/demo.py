@@ -35,6 +35,7 @@ class DemoOptions:
 
     out: str = "segscope-demo"
     real: str | None = None
+    split: str | None = None  # of --real; None: val, else the only split there is
     device: str = "auto"
     seed: int = 0
     preset: str = "narrow"
@@ -60,6 +61,8 @@ class DemoOptions:
     threads: int | None = None
     quick: bool = False
     quiet: bool = False
+    overwrite: bool = False  # replace an earlier demo run in ``out``
+    resume: bool = False  # continue an earlier demo run in ``out`` (same settings)
 
     @classmethod
     def quick_options(cls, **kw: Any) -> DemoOptions:
@@ -121,6 +124,7 @@ class InMemory(Dataset):
 # -- steps -------------------------------------------------------------------------------
 def step_data(ctx: DemoContext) -> None:
     """Render the synthetic training and validation sets; write a sample and contact sheet."""
+    from .data.synth_folder import write_dataset
     from .data.synthetic import SyntheticRoads
 
     o = ctx.options
@@ -134,16 +138,11 @@ def step_data(ctx: DemoContext) -> None:
                                                   range(min(o.n_monitor, o.n_val)))
     ctx.data["val_source"] = val
     sample = ctx.out / "synthetic-sample"
-    try:
-        from .cli.synth import write_dataset
-    except ImportError:  # the synth command is optional for the demo
-        write_dataset = None
-    if write_dataset is not None:
-        write_dataset(SyntheticRoads(8, size=o.size, seed=o.seed + 1, preset=o.preset), sample)
+    write_dataset(SyntheticRoads(8, size=o.size, seed=o.seed + 1, preset=o.preset), sample)
     ctx.summary["data"] = {
         "preset": o.preset, "size": list(o.size), "train_images": o.n_train,
         "train_seed": o.seed, "val_images": o.n_val, "val_seed": o.seed + 1,
-        "sample": str(sample) if write_dataset is not None else None,
+        "sample": str(sample),
     }
     ctx.log(f"data: {o.n_train} training + {o.n_val} validation scenes "
             f"({o.size[0]}x{o.size[1]}, preset {o.preset})")
@@ -159,7 +158,7 @@ def step_train(ctx: DemoContext) -> None:
         width=o.width, iters=o.iters, batch_size=o.batch_size, optimizer=o.optimizer, lr=o.lr,
         weight_decay=o.weight_decay, schedule=o.schedule, warmup=o.warmup,
         class_weights=o.class_weights, val_every=o.val_every, seed=o.seed, device=o.device,
-        quiet=o.quiet, log_every=10,
+        quiet=o.quiet, log_every=10, resume=o.resume and _has_checkpoint(ctx.out / "train"),
     )
     ctx.log(f"train: SegNet width {o.width}, {o.iters} iterations of {o.batch_size} images, "
             f"{o.optimizer} lr {o.lr} ({o.schedule})")
@@ -197,27 +196,26 @@ def step_real(ctx: DemoContext) -> None:
     if not o.real:
         ctx.summary["real"] = None
         return
-    from .data.real import open_dataset
+    from .analyses.context import open_real
     from .predict import evaluate_dataset
 
-    # Same image width as the training scenes, the real set's own aspect ratio.
-    probe = open_dataset(o.real, limit=1)
-    h, w = probe[0][0].shape[-2:]
-    size = (max(32, round(h * o.size[1] / w)), o.size[1])
-    data = open_dataset(o.real, size=size, limit=o.real_limit)
+    size = ctx.data["real_size"]
+    data, split, _ = open_real(o.real, ctx.data["real_split"], size, o.real_limit)
     ctx.data["real"] = data
     cm = evaluate_dataset(ctx.model, data, device=ctx.device, batch_size=8,
                           quiet=o.quiet or not sys.stderr.isatty(), desc="evaluate real")
     m = cm.metrics()
     write_json(ctx.out / "real_metrics.json", m)
-    ctx.summary["real"] = {"data": str(o.real), "images": len(data), "size": list(size),
+    ctx.summary["real"] = {"data": str(o.real), "split": split, "images": len(data),
+                           "size": list(size),
                            "scored_on": "road surface" if not getattr(
                                data, "has_markings", True) else "classes", **_brief(m)}
 
 
 def step_predictions(ctx: DemoContext) -> None:
     """Colour-coded predictions and overlays of a few validation (and real) images."""
-    from .predict import colourize, overlay, predict_labels, save_png
+    from .data.io import write_png
+    from .predict import colourize, overlay, predict_labels
 
     folder = ctx.out / "predictions"
     n = ctx.options.n_predictions
@@ -232,16 +230,55 @@ def step_predictions(ctx: DemoContext) -> None:
             stem = f"{'synthetic' if name == 'val' else 'real'}_{i:02d}"
             row = np.concatenate([overlay(image, pred), colourize(pred),
                                   colourize(np.asarray(label))], axis=1)
-            written.append(str(save_png(row, folder / f"{stem}.png")))
+            written.append(str(write_png(folder / f"{stem}.png", row)))
     ctx.summary["predictions"] = {"folder": str(folder), "files": len(written),
                                   "layout": "overlay | prediction | ground truth"}
 
 
 def step_study(ctx: DemoContext) -> None:
-    """A quick chapter-9 study of the trained model with its HTML report (segscope.study)."""
-    from .study import demo_step
+    """A quick chapter-9 study of the trained model with its HTML report (segscope.study).
 
-    demo_step(ctx)
+    Runs on a few of the demo's synthetic validation scenes (and on ``--real`` when
+    given, at the demo's real-image size) into ``<out>/study`` and records the report's
+    path in ``ctx.summary["study"]``. A model that predicts no road yet (a very short
+    training) is studied on the first class it does predict correctly; one that predicts
+    nothing correctly is recorded as skipped, not an error: the demo's other results stand.
+    """
+    from .analyses import REGISTRY
+    from .study import NoTruePositives, StudySettings, run_study
+
+    o = ctx.options
+    spec = f"synthetic:{min(o.n_val, 4)}:{o.preset}:{o.seed + 1}"
+    real_size = (ctx.summary.get("real") or {}).get("size") if o.real else None
+    names = list(ctx.model.class_names)
+    order = [n for n in ("road", "markings") if n in names] + \
+        [n for n in names if n not in ("road", "markings")]
+    last: SegscopeError | None = None
+    for cls in order:
+        settings = StudySettings(
+            cls=cls, quick=True, size=tuple(o.size), channels=8 if o.quick else 16,
+            real_size=tuple(real_size) if real_size else None, scan=4 if o.quick else 8,
+            candidates=4, pixels=4 if o.quick else 8, split=ctx.data.get("real_split"),
+            notes=[] if cls == order[0] else
+            [f"The model predicts no true positives of {order[0]!r} yet; the study explains "
+             f"{cls!r} instead."])
+        try:
+            # The demo's report shows every analysis of a study.
+            summary = run_study(ctx.model_path, ctx.out / "study", synthetic=spec, real=o.real,
+                                settings=settings, device=ctx.device, quiet=o.quiet,
+                                model=ctx.model, analyses=REGISTRY)
+        except NoTruePositives as exc:
+            last = exc
+            continue
+        ctx.summary["study"] = {
+            "folder": str(ctx.out / "study"), "report": summary["report"], "class": cls,
+            "pixels_holding_99": summary["switch_off"]["pixel_shares"]["0.99"],
+            "share_reaching_pixels": summary["layerwise"]["share_reaching_pixels"],
+        }
+        ctx.log(f"study: {summary['report']}")
+        return
+    ctx.summary["study"] = {"skipped": str(last)}
+    ctx.log(f"study skipped: {last}")
 
 
 Step = Callable[[DemoContext], None]
@@ -326,17 +363,40 @@ def choose_threads(options: DemoOptions, candidates: Sequence[int] | None = None
     return best
 
 
+#: Options that do not change a demo's results: a resumed run may differ in them.
+RUNTIME_OPTIONS = ("out", "device", "threads", "quiet", "overwrite", "resume")
+
+
 def run_demo(options: DemoOptions, steps: Sequence[tuple[str, Step]] | None = None,
              ) -> dict[str, Any]:
-    """Run the demo steps into ``options.out``; writes and returns ``summary.json``."""
-    from .cli._options import resolve_device
+    """Run the demo steps into ``options.out``; writes and returns ``summary.json``.
+
+    Every input is checked before the long work (device, ``--real`` and its split); the
+    output folder follows :func:`segscope.outdir.claim_output`: a new or empty folder, or
+    an earlier demo run with ``options.overwrite`` (replaced) or ``options.resume``
+    (continued with the same settings; an interrupted training resumes from its
+    checkpoint).
+    """
+    from .device import resolve_device
+    from .outdir import claim_output, read_marker
 
     t0 = time.perf_counter()
     out = Path(options.out)
-    if out.exists() and not out.is_dir():
-        raise SegscopeError(f"--out {out} exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
-    ctx = DemoContext(options=options, out=out, device=resolve_device(options.device))
+    device = resolve_device(options.device)
+    settings = {k: (list(v) if isinstance(v, tuple) else v)
+                for k, v in dataclasses.asdict(options).items() if k not in RUNTIME_OPTIONS}
+    real = _check_real(options)
+    if options.resume:
+        earlier = (read_marker(out) or {}).get("settings")
+        if isinstance(earlier, dict) and earlier != settings:
+            changed = sorted(k for k in settings.keys() | earlier.keys()
+                             if settings.get(k) != earlier.get(k))
+            raise SegscopeError(f"--resume: {out} holds a demo run with other settings "
+                                f"({', '.join(changed)}); use --overwrite to replace it")
+    claim_output(out, "demo", resume=options.resume, overwrite=options.overwrite,
+                 settings=settings)
+    ctx = DemoContext(options=options, out=out, device=device)
+    ctx.data.update(real)
     threads_before = torch.get_num_threads()
     if ctx.device.type == "cpu":
         threads = options.threads or choose_threads(options)
@@ -345,6 +405,27 @@ def run_demo(options: DemoOptions, steps: Sequence[tuple[str, Step]] | None = No
         return _run_steps(ctx, STEPS if steps is None else steps, t0)
     finally:
         torch.set_num_threads(threads_before)
+
+
+def _check_real(options: DemoOptions) -> dict[str, Any]:
+    """Open ``--real`` (and its split) before training: the split and the image size the
+    demo scores it at (the training scenes' width, the real set's own aspect ratio)."""
+    if not options.real:
+        return {}
+    from .analyses.context import open_real
+
+    probe, split, note = open_real(options.real, options.split, None, 1)
+    if note and not options.quiet:
+        print(f"note: {note}", file=sys.stderr, flush=True)
+    h, w = probe[0][0].shape[-2:]
+    size = (max(32, round(h * options.size[1] / w)), options.size[1])
+    return {"real_split": split, "real_size": size}
+
+
+def _has_checkpoint(folder: Path) -> bool:
+    from .training import CHECKPOINT, STATE
+
+    return (folder / CHECKPOINT).is_file() and (folder / STATE).is_file()
 
 
 def _run_steps(ctx: DemoContext, steps: Sequence[tuple[str, Step]], t0: float) -> dict:

@@ -193,13 +193,6 @@ def overlay(image: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray,
     return (np.clip(out, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
-def save_png(array: np.ndarray, path: str | os.PathLike) -> Path:
-    """Write a uint8 (H,W) or (H,W,3) array as PNG atomically."""
-    from .data.io import write_png
-
-    return write_png(path, array)
-
-
 def predict_files(
     model: nn.Module,
     inputs: Sequence[str | os.PathLike],
@@ -215,6 +208,8 @@ def predict_files(
     Returns one record per image: input, outputs and the predicted pixel share per class.
     """
     from tqdm.auto import tqdm
+
+    from .data.io import write_png
 
     files = find_images(inputs)
     device = torch.device(device)
@@ -233,9 +228,9 @@ def predict_files(
             stem = f"{path.stem}_{n}"
         used.add(stem)
         outputs = {
-            "prediction": save_png(colourize(labels), out / f"{stem}_pred.png"),
-            "overlay": save_png(overlay(image, labels, alpha), out / f"{stem}_overlay.png"),
-            "labels": save_png(labels.astype(np.uint8), out / f"{stem}_labels.png"),
+            "prediction": write_png(out / f"{stem}_pred.png", colourize(labels)),
+            "overlay": write_png(out / f"{stem}_overlay.png", overlay(image, labels, alpha)),
+            "labels": write_png(out / f"{stem}_labels.png", labels.astype(np.uint8)),
         }
         counts = np.bincount(labels.reshape(-1), minlength=len(model.class_names))
         records.append({

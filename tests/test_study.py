@@ -172,8 +172,7 @@ def test_no_true_positives_is_a_clear_error(tmp_path, capsys):
 def test_demo_step_falls_back_to_a_predicted_class(tmp_path):
     from types import SimpleNamespace
 
-    from segscope.demo import DemoOptions
-    from segscope.study import demo_step
+    from segscope.demo import DemoOptions, step_study
 
     model = _tiny_model()
     with torch.no_grad():  # predicts "background" everywhere: no road true positives
@@ -181,9 +180,10 @@ def test_demo_step_falls_back_to_a_predicted_class(tmp_path):
         model.conv1_1_D.bias.copy_(torch.tensor([5.0, 0.0, 0.0]))
     ckpt = segscope.save_model(model, tmp_path / "bg.safetensors")
     ctx = SimpleNamespace(options=DemoOptions.quick_options(out=str(tmp_path), quiet=True),
-                          out=tmp_path, summary={"real": None}, model=model, model_path=ckpt,
+                          out=tmp_path, summary={"real": None}, data={}, model=model,
+                          model_path=ckpt,
                           device=torch.device("cpu"), log=lambda message: None)
-    demo_step(ctx)
+    step_study(ctx)
     study = ctx.summary["study"]
     assert study["class"] == "background"
     assert Path(study["report"]).is_file()
@@ -194,12 +194,134 @@ def test_demo_step_falls_back_to_a_predicted_class(tmp_path):
 
 
 def test_default_synthetic_data_is_never_training_data():
-    from segscope.study import DEFAULT_SYNTHETIC, _default_synthetic
+    from segscope.analyses import DEFAULT_SYNTHETIC, default_synthetic
 
-    assert _default_synthetic({}) == DEFAULT_SYNTHETIC
-    assert _default_synthetic({"train_config": {"data": "synthetic:2000"}}) == \
+    assert default_synthetic({}) == DEFAULT_SYNTHETIC
+    assert default_synthetic({"train_config": {"data": "synthetic:2000"}}) == \
         "synthetic:8:narrow:1"
-    assert _default_synthetic({"train_config": {"data": "synthetic:50:randomized:5"}}) == \
+    assert default_synthetic({"train_config": {"data": "synthetic:50:randomized:5"}}) == \
         "synthetic:8:randomized:6"
-    assert _default_synthetic({"train_config": {"data": "/data/x", "val_data":
+    assert default_synthetic({"train_config": {"data": "/data/x", "val_data":
                                                 "synthetic:9:narrow:3"}}) == "synthetic:9:narrow:3"
+
+
+# -- report: what it reads -----------------------------------------------------------------------
+@pytest.fixture
+def study_copy(study_dir, tmp_path):
+    """A copy of the study folder to spoil (without report.html)."""
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(study_dir[0], out)
+    (out / "report.html").unlink()
+    return out
+
+
+def _edit_summary(folder: Path, edit) -> None:
+    s = json.loads((folder / "summary.json").read_text())
+    edit(s)
+    (folder / "summary.json").write_text(json.dumps(s))
+
+
+def test_report_embeds_only_files_inside_its_folder(study_copy, tmp_path, capsys):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("TOP-SECRET")
+    (study_copy / "link.png").symlink_to(secret)
+    for name in ("../secret.txt", str(secret), "link.png"):
+        _edit_summary(study_copy, lambda s, n=name: s["figures"].update(images=n))
+        err = _error_line(capsys, ["report", str(study_copy)])
+        assert "figures.images" in err and ("inside" in err or "outside" in err), err
+        assert not (study_copy / "report.html").exists()
+
+
+def test_report_refuses_a_truncated_or_foreign_figure(study_copy, capsys):
+    png = (study_copy / "bias.png").read_bytes()
+    (study_copy / "bias.png").write_bytes(png[: len(png) // 2])
+    err = _error_line(capsys, ["report", str(study_copy)])
+    assert "figures.bias" in err and "not a readable PNG" in err
+    Image.new("RGB", (8, 8)).save(study_copy / "bias.png", format="JPEG")
+    assert "not a PNG" in _error_line(capsys, ["report", str(study_copy)])
+    assert not (study_copy / "report.html").exists()
+
+
+@pytest.mark.parametrize("edit, field", [
+    (lambda s: s.update(figures=["images.png"]), "figures"),
+    (lambda s: s["settings"].update(quick="yes"), "settings.quick"),
+    (lambda s: s.update(settings=[1, 2]), "settings"),
+    (lambda s: s["model"].update(class_names="road"), "model.class_names"),
+    (lambda s: s["layerwise"].update(output_total="big"), "layerwise.output_total"),
+    (lambda s: s["switch_off"].pop("pixel_shares"), "'pixel_shares'"),
+    (lambda s: s["separation"]["ranking"][0].update(lit_pixels=1.5),
+     "separation.ranking[0].lit_pixels"),
+    (lambda s: s.pop("bias"), "'bias'"),
+])
+def test_report_names_a_field_of_the_wrong_type(study_copy, capsys, edit, field):
+    _edit_summary(study_copy, edit)
+    err = _error_line(capsys, ["report", str(study_copy)])
+    assert field in err, err
+    assert not (study_copy / "report.html").exists()
+
+
+def test_report_of_a_missing_figure_says_so(study_copy):
+    (study_copy / "divergence.png").unlink()
+    from segscope.report import write_report
+
+    page = write_report(study_copy).read_text()
+    assert "figure divergence.png is missing from the study folder" in page
+    assert page.count('src="data:image/png;base64,') == len(FIGURES) - 1
+
+
+# -- study: output folder and split -----------------------------------------------------------
+def test_study_follows_the_output_folder_rule(study_dir, tmp_path, capsys):
+    out, ckpt, _ = study_dir
+    base = ["study", "--checkpoint", str(ckpt), "--synthetic", "synthetic:2:narrow:1",
+            "--size", "64x96", "--quick", "--quiet", "--device", "cpu"]
+    before = sorted(p.name for p in out.iterdir())
+    assert "--overwrite" in _error_line(capsys, [*base, "--out", str(out)])
+    # A bad input is refused before the folder is touched, even with --overwrite.
+    assert "unknown layer" in _error_line(capsys, [*base, "--out", str(out), "--overwrite",
+                                                    "--layer", "conv9_9"])
+    assert sorted(p.name for p in out.iterdir()) == before
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    assert "not empty" in _error_line(capsys, [*base, "--out", str(mine), "--overwrite"])
+    assert (mine / "notes.txt").read_text() == "mine"
+
+
+def test_study_real_split_is_checked_and_chosen(study_dir, tmp_path, capsys):
+    from segscope.analyses import StudyContext, StudySettings
+
+    _, ckpt, real = study_dir
+    only_test = tmp_path / "camvid_test"
+    only_test.mkdir()
+    for src, dst in (("val", "test"), ("valannot", "testannot")):
+        (only_test / dst).symlink_to(real / src, target_is_directory=True)
+    (only_test / "test.txt").write_text((real / "val.txt").read_text().replace("val", "test"))
+    settings = StudySettings(quick=True, size=(64, 96), candidates=1)
+    ctx = StudyContext.build(ckpt, tmp_path / "o", settings=settings,
+                             synthetic="synthetic:2:narrow:1", real=only_test)
+    assert ctx.split == "test" and len(ctx.real_samples) == 2
+    assert any("only the split 'test'" in n for n in ctx.notes)
+    ctx = StudyContext.build(ckpt, tmp_path / "o", settings=settings,
+                             synthetic="synthetic:2:narrow:1", real=real)
+    assert ctx.split == "val" and not any("split" in n for n in ctx.notes)
+    base = ["study", "--checkpoint", str(ckpt), "--synthetic", "synthetic:2:narrow:1",
+            "--size", "64x96", "--quick", "--quiet", "--out", str(tmp_path / "o2")]
+    err = _error_line(capsys, [*base, "--real", str(only_test), "--split", "val"])
+    assert "no split 'val'" in err and "test" in err
+    assert "--split needs --real" in _error_line(capsys, [*base, "--split", "test"])
+    assert "unknown LRP rule" in _error_line(capsys, [*base, "--rule", "nonsense"])
+    assert not (tmp_path / "o2").exists()  # every input is checked before the folder
+
+
+def test_section_data_round_trips_through_summary_json(study_dir):
+    from segscope._typed import from_json, to_json
+    from segscope.analyses import REGISTRY
+
+    out, _, _ = study_dir
+    summary = json.loads((out / "summary.json").read_text())
+    for a in REGISTRY:
+        data = from_json(a.data, summary[a.key], a.key)
+        assert isinstance(data, a.data)
+        assert json.loads(json.dumps(to_json(data))) == summary[a.key], a.key

@@ -6,8 +6,8 @@ import os
 from pathlib import Path
 
 import click
-import torch
 
+from ..device import resolve_device  # noqa: F401 - re-exported for the commands
 from ..errors import SegscopeError
 
 
@@ -17,19 +17,6 @@ def device_option(func):
         "--device", default="auto", show_default=True,
         help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N.",
     )(func)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; a clear error for a missing CUDA."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise SegscopeError(f"unknown device {name!r} (use auto, cpu, cuda or cuda:N)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SegscopeError("--device cuda asked for, but no CUDA device is available")
-    return device
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -77,3 +64,21 @@ def prepare_out_dir(path: str | os.PathLike, flag: str = "--out") -> Path:
         raise SegscopeError(f"cannot write into {flag} folder {out}: "
                             f"{exc.strerror or exc}") from None
     return out
+
+
+def split_option(func):
+    """``--split``: which split of a dataset folder to read."""
+    return click.option(
+        "--split", default=None,
+        help="Split of a dataset folder (default: its evaluation split, e.g. val, or the "
+        "only split there is).",
+    )(func)
+
+
+def overwrite_option(func):
+    """``--overwrite``: replace an earlier run of the same command in ``--out``."""
+    return click.option(
+        "--overwrite", is_flag=True,
+        help="Replace an earlier run of this command in --out (a folder of other files is "
+        "never touched).",
+    )(func)

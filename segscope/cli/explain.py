@@ -205,18 +205,18 @@ def _run_method(method, model, image, concept, layer, channel, steps, root, out_
     import numpy as np
     import torch
 
+    from ..analysis import as_numpy
     from ..explain import methods
-    from ..viz.cmap import to_numpy
 
     result = methods.attribute(method, model, image, concept, layer=layer, root=root,
                                channel=channel, steps=steps, seed=0, quiet=quiet)
-    arrays = {"pixels": to_numpy(result.pixels), "method": np.array(result.method),
+    arrays = {"pixels": as_numpy(result.pixels, None), "method": np.array(result.method),
               "concept": np.array(result.concept)}
     if result.input is not None:
-        arrays["input"] = to_numpy(result.input)
+        arrays["input"] = as_numpy(result.input, None)
     for key, value in result.extras.items():
         if torch.is_tensor(value) or isinstance(value, np.ndarray):
-            arrays[f"extras/{key}"] = to_numpy(value)
+            arrays[f"extras/{key}"] = as_numpy(value, None)
         elif isinstance(value, bool | int | float | str):
             arrays[f"extras/{key}"] = np.array(value)
     _save_npz(out_dir / f"{method}.npz", arrays)
@@ -238,28 +238,14 @@ def _save_npz(path, arrays) -> None:
         np.savez_compressed(f, **arrays)
 
 
-def _explain_overlay(image, relevance, limit=None, signed=True):
-    """(H,W,3) uint8: the relevance colours over the picture, opaque where |R| is large."""
+def _save_pictures(image, relevance, heatmap_path, overlay_path, signed=True) -> None:
     import numpy as np
 
-    from ..viz.cmap import heatmap_rgb, symmetric_limit, to_numpy
-
-    r = to_numpy(relevance).astype(np.float64)
-    pic = to_numpy(image).transpose(1, 2, 0)
-    limit = symmetric_limit(r) if limit is None else limit
-    if signed:
-        colours = heatmap_rgb(r, limit).astype(np.float64) / 255.0
-    else:  # a non-negative map (Grad-CAM): white to red
-        t = np.clip(r / limit, 0, 1)
-        colours = np.stack([np.ones_like(t), 1 - t, 1 - t], axis=-1)
-    alpha = 0.9 * np.sqrt(np.clip(np.abs(r) / limit, 0, 1))[..., None]
-    return np.round((pic * (1 - alpha) + colours * alpha) * 255).astype(np.uint8)
-
-
-def _save_pictures(image, relevance, heatmap_path, overlay_path, signed=True) -> None:
     from ..data.io import write_png
-    from ..viz.cmap import heatmap_rgb
+    from ..viz.cmap import heatmap_rgb, overlay_rgb
 
     if heatmap_path is not None:
         write_png(heatmap_path, heatmap_rgb(relevance))
-    write_png(overlay_path, _explain_overlay(image, relevance, signed=signed))
+    # The colours over the colour picture, opaque where |R| is large.
+    blend = overlay_rgb(image, relevance, alpha=0.9, grey=False, signed=signed)
+    write_png(overlay_path, np.round(blend * 255).astype(np.uint8))

@@ -866,3 +866,55 @@ def _open_synthetic(text: str, split: str | None, size: tuple[int, int] | None,
         return SyntheticRoads(n, **kwargs)
     except (KeyError, ValueError) as exc:
         raise SegscopeError(f"bad synthetic data spec {text!r}: {exc}") from None
+
+
+
+#: The split each layout is evaluated on when none is named.
+_EVAL_SPLIT = {"camvid": "val", "cityscapes": "val", "mapillary": "validation"}
+
+
+def available_splits(root: PathLike, kind: str = "auto") -> list[str]:
+    """The splits present in the dataset folder ``root`` (empty for kinds without splits).
+
+    Parameters
+    ----------
+    root
+        A dataset folder.
+    kind
+        Its kind, or ``auto`` to detect it.
+    """
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        return []
+    kind = detect_kind(root) if kind == "auto" else kind
+    found: set[str] = set()
+    if kind == "camvid":
+        for p in root.iterdir():
+            if p.suffix == ".txt" and p.is_file() and (root / f"{p.stem}annot").is_dir():
+                found.add(p.stem)
+            elif p.is_dir() and (root / f"{p.name}annot").is_dir():
+                found.add(p.name)
+    elif kind == "cityscapes":
+        found = {p.name for p in (root / "leftImg8bit").iterdir() if p.is_dir()}
+    elif kind == "mapillary":
+        found = {p.name for p in root.iterdir() if (p / "images").is_dir()}
+    return sorted(found)
+
+
+def default_split(root: PathLike, kind: str = "auto") -> tuple[str | None, str | None]:
+    """The split to read when the user names none: ``(split, note)``.
+
+    The kind's evaluation split (``val``) when the folder has it, else the only split
+    there is, with a ``note`` saying so; ``None`` means every image. Several splits but
+    not the usual one is an error naming them.
+    """
+    root = Path(root).expanduser()
+    kind = detect_kind(root) if kind == "auto" else kind
+    want = _EVAL_SPLIT.get(kind)
+    have = available_splits(root, kind)
+    if want is None or not have or want in have:
+        return want, None
+    if len(have) == 1:
+        return have[0], f"{root} has only the split '{have[0]}': using it"
+    raise SegscopeError(f"{root} has no '{want}' split; it has {', '.join(have)}: choose "
+                        "one with --split")

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import importlib
 
-from .cmap import heatmap_rgb, symmetric_limit
+from .cmap import heatmap_rgb, overlay_rgb, symmetric_limit
 
 # The chapter-9 figures need matplotlib: loaded on first use.
-_LAZY = {"figures": "segscope.viz.figures", "overlay_rgb": "segscope.viz.figures",
-         "save_png": "segscope.viz.figures"}
+_LAZY = {"figures": "segscope.viz.figures", "save_png": "segscope.viz.figures"}
 
-__all__ = ["heatmap_rgb", "symmetric_limit", *_LAZY]
+__all__ = ["heatmap_rgb", "overlay_rgb", "symmetric_limit", *_LAZY]
 
 
 def __getattr__(name: str):

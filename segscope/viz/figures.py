@@ -25,7 +25,7 @@ from matplotlib.figure import Figure
 
 from .._io import atomic_path
 from ..analysis import SwitchOff, as_numpy, rank_features
-from .cmap import heatmap_rgb, symmetric_limit
+from .cmap import heatmap_rgb, image_rgb, overlay_rgb, symmetric_limit
 
 #: Colour of switched-off pixels in the switch-off frames and the separation grid.
 OFF_RGB = np.array([40, 40, 48], dtype=np.uint8)
@@ -54,15 +54,6 @@ def _grid(n: int, max_cols: int) -> tuple[int, int]:
     return math.ceil(n / cols), cols
 
 
-def _image_rgb(image) -> np.ndarray:
-    img = as_numpy(image)
-    if img.ndim == 3 and img.shape[0] in (1, 3):
-        img = np.moveaxis(img, 0, -1)
-    if img.shape[-1] == 1:
-        img = np.repeat(img, 3, axis=-1)
-    return np.clip(img, 0, 1)
-
-
 def _grid_adjust(fig: Figure, suptitle: bool, hspace: float = 0.55,
                  wspace: float = 0.08) -> None:
     """Fixed margins for a grid of panels (``tight_layout`` costs a full draw per call)."""
@@ -74,21 +65,6 @@ def _grid_adjust(fig: Figure, suptitle: bool, hspace: float = 0.55,
 def _off_axes(ax) -> None:
     ax.set_xticks([])
     ax.set_yticks([])
-
-
-def overlay_rgb(image, relevance, limit: float | None = None, alpha: float = 0.6) -> np.ndarray:
-    """A heatmap blended over the grey image: (H,W,3) floats in [0, 1].
-
-    Near-zero relevance (white in the heatmap) lets the image show through; the blend
-    weight grows with |R| / limit so that the relevant pixels stand out.
-    """
-    img = _image_rgb(image)
-    grey = img.mean(axis=-1, keepdims=True).repeat(3, axis=-1)
-    r = as_numpy(relevance)
-    limit = symmetric_limit(r) if limit is None else limit
-    heat = heatmap_rgb(r, limit).astype(np.float64) / 255.0
-    weight = alpha * np.clip(np.abs(r) / limit, 0, 1)[..., None] ** 0.5
-    return grey * (1 - weight) + heat * weight
 
 
 def _fmt(v: float) -> str:
@@ -113,13 +89,29 @@ def images_figure(rows: Sequence[dict], colours: Sequence[Sequence[int]]) -> Fig
         ):
             ax = fig.add_subplot(len(rows), 3, 3 * i + j + 1)
             if arr is None:
-                ax.imshow(_image_rgb(row["image"]))
+                ax.imshow(image_rgb(row["image"]))
                 ax.set_title(row["title"], fontsize=8)
             else:
                 ax.imshow(palette[np.asarray(arr, dtype=np.int64).clip(0, 255)])
                 ax.set_title(what, fontsize=8)
             _off_axes(ax)
     _grid_adjust(fig, suptitle=False, hspace=0.25, wspace=0.05)
+    return fig
+
+
+# -- §8.4 pixel relevance ---------------------------------------------------------------------
+def pixel_overlay_figure(image, pixels, concept: str) -> Figure:
+    """The pixel relevance (eq 8.1) on its own scale (eq 8.2), and blended over the image."""
+    fig = new_figure(9, 3.4)
+    ax = fig.add_subplot(1, 2, 1)
+    ax.imshow(heatmap_rgb(pixels), interpolation="nearest")
+    ax.set_title("pixel relevance (eq 8.1, 8.2)", fontsize=8)
+    _off_axes(ax)
+    ax = fig.add_subplot(1, 2, 2)
+    ax.imshow(overlay_rgb(image, pixels))
+    ax.set_title(f"over the image: {concept}", fontsize=8)
+    _off_axes(ax)
+    fig.tight_layout()
     return fig
 
 
