@@ -42,7 +42,9 @@ def test_demo_without_real_never_keeps_old_real_metrics(tmp_path, capsys):
     code, _, err = run_cli(["demo", "--quick", "--out", str(out), "-q"], capsys)
     assert code == 2 and "--overwrite" in err and err.count("\n") == 1
     assert (out / "real_metrics.json").is_file()
-    # --resume continues the same run only: another --real is refused.
+    # --resume continues the same run (its files stay); another --real is refused.
+    again = run_demo(_options(out, real=str(real), resume=True), steps=STEPS)
+    assert again["real"]["miou"] == first["real"]["miou"]
     with pytest.raises(SegscopeError, match=r"other settings \(real\)"):
         run_demo(_options(out, resume=True), steps=STEPS)
     # --overwrite replaces the run: no file of the first one is left beside it.

@@ -50,7 +50,7 @@ class Bias(Analysis):
 
     def run(self, ctx: StudyContext) -> BiasData:
         from ..explain import Concept, lrp
-        from ..explain.relevance import forward_state
+        from ..explain import forward_state
         from ..viz.figures import absorbed_figure, bias_figure
 
         c, syn, rule = ctx.cls, ctx.synthetic, ctx.settings.rule

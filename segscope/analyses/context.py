@@ -144,7 +144,7 @@ class StudyContext:
     def state(self):
         """The LRP forward pass on the synthetic image, shared by its explanations."""
         if "state" not in self._cache:
-            from ..explain.relevance import forward_state
+            from ..explain import forward_state
 
             self._cache["state"] = forward_state(self.model, self.synthetic.image,
                                                  self.settings.rule)
@@ -296,7 +296,7 @@ def class_name(cls: str | int, names: list[str]) -> str:
 def check_rule(model: torch.nn.Module, rule: Any, device: torch.device) -> None:
     """Parse ``rule`` against ``model`` now (a 32x32 forward pass), so that a bad rule is
     one line before the long work, not after it."""
-    from ..explain.relevance import forward_state
+    from ..explain import forward_state
 
     dtype = next(model.parameters()).dtype
     forward_state(model, torch.zeros(3, 32, 32, device=device, dtype=dtype), rule)
