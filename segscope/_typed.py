@@ -2,7 +2,7 @@
 
 A file a user may have edited (``summary.json``) is read through :func:`from_json` so
 that a field of the wrong type is one clear line naming the field
-(``summary.json: settings.quick must be a boolean, got 'yes'``), never a traceback or a
+(``summary.json.settings.quick must be a boolean, got 'yes'``), never a traceback or a
 blank in a report. Supported field types: ``str``, ``int``, ``float``, ``bool``, ``None``,
 unions of those (``float | None``), ``list[T]``, ``dict[str, T]``, ``Any`` and nested
 dataclasses. A field named differently in JSON (``class`` is a Python keyword) carries

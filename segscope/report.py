@@ -164,7 +164,7 @@ def render(summary: Mapping[str, Any], folder: Path,
         if analysis.key not in summary:
             raise SegscopeError(f"{SUMMARY_NAME} has no {analysis.key!r}, which figure "
                                 f"{shown[0].figure!r} needs")
-        data = from_json(analysis.data, summary[analysis.key], f"{SUMMARY_NAME}: {analysis.key}")
+        data = from_json(analysis.data, summary[analysis.key], f"{SUMMARY_NAME}.{analysis.key}")
         for s in shown:
             name = header.figures[s.figure]
             image = _embed(folder, name, s.figure)
@@ -175,6 +175,15 @@ def render(summary: Mapping[str, Any], folder: Path,
                 id=s.figure, title=s.title, file=Path(name).name, alt=Path(name).stem,
                 image=image, caption=Markup(caption_template(s.caption).render(d=data)),
                 table=table))
+    # A figure no analysis here owns (a newer segscope, a plug-in not loaded) is shown
+    # with a caption that says so, never dropped without a word.
+    owned = {s.id for s in sections} | {s.figure for a in analyses for s in a.sections}
+    for key, name in header.figures.items():
+        if key not in owned:
+            sections.append(RenderedSection(
+                id=key, title=key, file=Path(name).name, alt=Path(name).stem,
+                image=_embed(folder, name, key), table=None,
+                caption=f"No analysis of this segscope version describes the figure {key!r}."))
     return environment().get_template(TEMPLATE).render(
         h=header, sections=sections, summary_name=SUMMARY_NAME)
 
@@ -231,7 +240,7 @@ def _embed(folder: Path, name: str, key: str) -> str | None:
     folder and is a whole PNG; None when the file is missing (the page says so)."""
     from PIL import Image
 
-    where = f"{SUMMARY_NAME}: figures.{key}"
+    where = f"{SUMMARY_NAME}.figures.{key}"
     if not name or Path(name).is_absolute() or Path(name).drive:
         raise SegscopeError(f"{where} is {name!r}: a report embeds only files inside its "
                             "folder, named relative to it")

@@ -25,11 +25,11 @@ from typing import Any
 
 import torch
 
+from . import analyses as _analyses
 from ._io import write_json
 from ._typed import to_json
 from .analyses import (
     DEFAULT_SYNTHETIC,
-    REGISTRY,
     Analysis,
     NoTruePositives,
     StudyContext,
@@ -101,7 +101,8 @@ def run_study(
     from .report import write_report
 
     start = time.perf_counter()
-    analyses = list(REGISTRY if analyses is None else analyses)
+    # The registry is read when the study runs, so that an analysis registered later counts.
+    analyses = list(_analyses.REGISTRY if analyses is None else analyses)
     ctx = StudyContext.build(
         checkpoint, out, settings=settings or StudySettings(), synthetic=synthetic, real=real,
         real_kind=real_kind, id_map=id_map, images=images, labels=labels, device=device,

@@ -94,11 +94,11 @@ class RoadShare(Analysis):
 
 @pytest.fixture
 def toy_study(tmp_path, monkeypatch):
+    from segscope.study import run_study
+
     ckpt = segscope.save_model(_tiny_model(), tmp_path / "model.safetensors")
     registry = [Images(), RoadShare()]
     monkeypatch.setattr("segscope.analyses.REGISTRY", registry)
-    from segscope.study import run_study
-
     summary = run_study(ckpt, tmp_path / "out", synthetic="synthetic:2:narrow:1",
                         settings=StudySettings(quick=True, size=(64, 96), candidates=2),
                         quiet=True, analyses=registry)
@@ -136,3 +136,8 @@ def test_a_caption_with_a_mistyped_key_fails_the_report(toy_study, monkeypatch):
 
     with pytest.raises(jinja2.UndefinedError, match="pixles"):
         write_report(out, analyses=[Images(), broken])
+    # Without the analysis, its figure is still shown, and the page says why it has no text.
+    page = write_report(out, analyses=[Images()]).read_text()
+    assert page.count('src="data:image/png;base64,') == 2
+    assert "No analysis of this segscope version describes the figure &#39;road_share&#39;" \
+        in page

@@ -49,8 +49,7 @@ class Bias(Analysis):
                 Section("absorbed", "Relevance absorbed per layer (§9.11)", ABSORBED))
 
     def run(self, ctx: StudyContext) -> BiasData:
-        from ..explain import Concept, lrp
-        from ..explain import forward_state
+        from ..explain import Concept, forward_state, lrp
         from ..viz.figures import absorbed_figure, bias_figure
 
         c, syn, rule = ctx.cls, ctx.synthetic, ctx.settings.rule
