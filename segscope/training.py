@@ -134,7 +134,7 @@ class _Dist:
 
 def _setup_distributed(device_name: str) -> _Dist:
     """Read torchrun's RANK/WORLD_SIZE/LOCAL_RANK and start a process group when > 1."""
-    from .cli._options import resolve_device
+    from .device import resolve_device
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     device = resolve_device(device_name)

@@ -325,3 +325,25 @@ def test_section_data_round_trips_through_summary_json(study_dir):
         data = from_json(a.data, summary[a.key], a.key)
         assert isinstance(data, a.data)
         assert json.loads(json.dumps(to_json(data))) == summary[a.key], a.key
+
+
+def test_study_takes_a_per_layer_rule_as_text(study_dir, tmp_path, capsys):
+    from segscope.analyses import StudyContext, StudySettings
+    from segscope.explain import Concept, lrp
+
+    _, ckpt, _ = study_dir
+    text = "conv1_1=zbox,default=alpha1beta0"
+    ctx = StudyContext.build(ckpt, tmp_path / "o", synthetic="synthetic:2:narrow:1",
+                             settings=StudySettings(quick=True, size=(64, 96), rule=text))
+    main = ctx.main()
+    concept = Concept.mask(ctx.cls, ctx.true_positives, assign="score")
+    as_dict = lrp(ctx.model, ctx.synthetic.image, concept,
+                  rule={"conv1_1": "zbox", "default": "alpha1beta0"})
+    plain = lrp(ctx.model, ctx.synthetic.image, concept, rule="alpha1beta0")
+    assert torch.allclose(main.pixels, as_dict.pixels, rtol=1e-5, atol=1e-8)
+    assert not torch.allclose(main.pixels, plain.pixels, rtol=1e-3, atol=1e-6)
+    err = _error_line(capsys, ["study", "--checkpoint", str(ckpt), "--synthetic",
+                               "synthetic:1:narrow:1", "--size", "64x96", "--quick", "--quiet",
+                               "--rule", "conv9_9=zbox", "--out", str(tmp_path / "o")])
+    assert "conv9_9" in err
+    assert not (tmp_path / "o").exists()

@@ -16,13 +16,16 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from .._io import write_text
 from ..errors import SegscopeError
+
+if TYPE_CHECKING:
+    from ..explain.rules import RuleLike
 
 #: Default synthetic validation data: a seed different from the training default (0).
 DEFAULT_SYNTHETIC = "synthetic:8:narrow:1"
@@ -43,7 +46,7 @@ class StudySettings:
     cls: str = "road"
     layer: str = "conv2_1"
     compare_layer: str = "conv2_1_D"
-    rule: Any = "alpha1beta0"
+    rule: RuleLike = "alpha1beta0"
     quick: bool = False
     pixels: int | None = None  # single-pixel concepts per image for the bias study
     scan: int | None = None  # real images scanned for the best / worst
@@ -293,7 +296,7 @@ def class_name(cls: str | int, names: list[str]) -> str:
     return names[resolve_class(cls, names)]
 
 
-def check_rule(model: torch.nn.Module, rule: Any, device: torch.device) -> None:
+def check_rule(model: torch.nn.Module, rule: RuleLike, device: torch.device) -> None:
     """Parse ``rule`` against ``model`` now (a 32x32 forward pass), so that a bad rule is
     one line before the long work, not after it."""
     from ..explain import forward_state
