@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
-import html
 import io
 import json
 import os
@@ -295,7 +294,7 @@ def run_ablation(config: AblationConfig, log: Callable[[str], None] | None = Non
     KeyboardInterrupt
         After Ctrl-C, once the running training has saved its checkpoint.
     """
-    from .cli._options import resolve_device
+    from .device import resolve_device
     from .outdir import claim_output
 
     log = log or (lambda s: None)
@@ -454,45 +453,30 @@ def chart(rows: list[dict], path: Path, title: str = "") -> Path:
 
 
 def report_html(summary: dict[str, Any], folder: Path) -> str:
-    """The self-contained report page (chart inlined)."""
-    from .report import _CSS, _figure, _table
+    """The self-contained report page (chart inlined), from ``templates/ablation.html.j2``."""
+    from markupsafe import Markup
 
-    esc = html.escape
+    from .report import RenderedTable, embed_figure, render_page
+
     rows = summary["rows"]
-    c = summary["config"]
-    table = _table(
+    table = RenderedTable(
         ["setting", "training data", "real road-surface IoU", "Δ to all on", "mIoU"],
         [[r["setting"], r["data"], _fmt(r["road_surface_iou"]),
           "" if r["delta_to_all_on"] is None else f"{r['delta_to_all_on']:+.3f}",
           _fmt(r["miou"])] for r in rows])
     ranked = sorted((r for r in rows if r["delta_to_all_on"] is not None
                      and r["setting"] != ALL_ON), key=lambda r: r["delta_to_all_on"])
-    lines = [f"<li><b>{esc(r['setting'])}</b>: {r['delta_to_all_on']:+.3f}</li>"
-             for r in ranked]
-    fp = [r for r in rows if r.get("fingerprint", {}).get("available")]
-    parts = [
-        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>segscope ablation: {esc(str(summary['preset']))}</title>",
-        f"<style>{_CSS}</style></head><body>",
-        "<h1>Which factors of the synthetic data make the model transfer?</h1>",
-        f'<p class="meta">preset <b>{esc(str(summary["preset"]))}</b> · '
-        f"{c['n']} scenes {c['size'][0]}x{c['size'][1]} · SegNet width {c['width']}, "
-        f"{c['iters']} iterations, batch {c['batch_size']} · scored on "
-        f"<code>{esc(str(summary['real']))}</code> split {esc(str(summary['real_split']))} "
-        f"(road surface) · {esc(summary['created'])}</p>",
-        _figure(folder / "ablation.png",
-                "Real road-surface IoU of one model per setting; the labels give the "
-                "difference to <i>all on</i> (negative: switching the factor off hurt)."),
-        table,
-        "<h2>Ranked: what removing each factor cost</h2><ul>" + "".join(lines) + "</ul>",
-        "<p class=\"note\">One model per setting and one seed: differences of a few "
-        "hundredths are within the run-to-run spread of short trainings.</p>",
-    ]
-    if not fp:
-        parts.append('<p class="note">diagnose fingerprints: not available in this '
-                     "installation.</p>")
-    parts.append("</body></html>")
-    return "\n".join(parts) + "\n"
+    chart_figure = embed_figure(
+        folder, "ablation.png", Markup(
+            "Real road-surface IoU of one model per setting; the labels give the difference "
+            "to <i>all on</i> (negative: switching the factor off hurt)."),
+        folder_word="ablation")
+    return render_page(
+        "ablation.html.j2", preset=str(summary["preset"]), c=summary["config"],
+        real=str(summary["real"]), real_split=str(summary["real_split"]),
+        created=summary["created"], chart=chart_figure, table=table,
+        ranked=[(r["setting"], f"{r['delta_to_all_on']:+.3f}") for r in ranked],
+        fingerprints=any(r.get("fingerprint", {}).get("available") for r in rows))
 
 
 __all__ = ["ALL_ON", "AblationConfig", "Setting", "ablation_settings", "chart",

@@ -1,7 +1,8 @@
 """The self-contained HTML report of a study folder.
 
 :func:`write_report` reads ``summary.json`` and the PNGs a study wrote and makes one
-``report.html`` from the Jinja2 template ``segscope/templates/report.html.j2``: every
+``report.html`` from the Jinja2 template ``segscope/templates/report.html.j2`` (which
+extends ``base.html.j2``, shared by every segscope page): every
 image embedded as a base64 data URI, the style inline, no script, no external font,
 stylesheet or link to fetch, so the file reads the same offline, mailed or archived.
 Every caption is generated from the numbers in ``summary.json`` by the analysis that owns
@@ -87,15 +88,23 @@ class RenderedTable:
 
 
 @dataclass
+class EmbeddedFigure:
+    """A PNG of the folder as a page shows it (see :func:`embed_figure`)."""
+
+    file: str
+    alt: str
+    image: str | None  # base64 PNG; None when the file is missing
+    caption: Any  # str, or markupsafe.Markup for HTML
+    folder_word: str = "study"  # "figure X is missing from the <word> folder"
+
+
+@dataclass
 class RenderedSection:
     """One section of the page as the template sees it."""
 
     id: str
     title: str
-    file: str
-    alt: str
-    image: str | None  # base64 PNG; None when the file is missing
-    caption: Any  # markupsafe.Markup
+    figure: EmbeddedFigure
     table: RenderedTable | None
 
 
@@ -166,26 +175,29 @@ def render(summary: Mapping[str, Any], folder: Path,
                                 f"{shown[0].figure!r} needs")
         data = from_json(analysis.data, summary[analysis.key], f"{SUMMARY_NAME}.{analysis.key}")
         for s in shown:
-            name = header.figures[s.figure]
-            image = _embed(folder, name, s.figure)
+            caption = Markup(caption_template(s.caption).render(d=data))
             table = None
             if s.table is not None:
                 table = RenderedTable(s.table.header, s.table.rows(data))
             sections.append(RenderedSection(
-                id=s.figure, title=s.title, file=Path(name).name, alt=Path(name).stem,
-                image=image, caption=Markup(caption_template(s.caption).render(d=data)),
-                table=table))
+                id=s.figure, title=s.title, table=table,
+                figure=embed_figure(folder, header.figures[s.figure], caption, s.figure)))
     # A figure no analysis here owns (a newer segscope, a plug-in not loaded) is shown
     # with a caption that says so, never dropped without a word.
     owned = {s.id for s in sections} | {s.figure for a in analyses for s in a.sections}
     for key, name in header.figures.items():
         if key not in owned:
-            sections.append(RenderedSection(
-                id=key, title=key, file=Path(name).name, alt=Path(name).stem,
-                image=_embed(folder, name, key), table=None,
-                caption=f"No analysis of this segscope version describes the figure {key!r}."))
-    return environment().get_template(TEMPLATE).render(
-        h=header, sections=sections, summary_name=SUMMARY_NAME)
+            caption = f"No analysis of this segscope version describes the figure {key!r}."
+            sections.append(RenderedSection(id=key, title=key, table=None,
+                                            figure=embed_figure(folder, name, caption, key)))
+    return render_page(TEMPLATE, h=header, sections=sections, summary_name=SUMMARY_NAME)
+
+
+def render_page(template: str, **context: Any) -> str:
+    """A page from one of segscope's templates (``segscope/templates``): they extend
+    ``base.html.j2`` (the style, no script, nothing to fetch) and may import the
+    ``figure`` and ``table`` macros of ``macros.html.j2``."""
+    return environment().get_template(template).render(**context)
 
 
 # -- the template environment ---------------------------------------------------------------------
@@ -235,22 +247,31 @@ def largest(mapping: Mapping[str, float], n: int) -> list[tuple[str, float]]:
 
 
 # -- figures -----------------------------------------------------------------------------------
-def _embed(folder: Path, name: str, key: str) -> str | None:
-    """The figure ``name`` of ``folder`` as base64, after checking that it lies inside the
-    folder and is a whole PNG; None when the file is missing (the page says so)."""
+def embed_figure(folder: str | os.PathLike, name: str, caption: Any, key: str = "",
+                 folder_word: str = "study") -> EmbeddedFigure:
+    """The figure ``name`` of ``folder``, base64-encoded for a page, after checking that
+    it lies inside the folder and is a whole PNG.
+
+    A missing file gives ``image=None`` (the page says it is missing); an absolute path,
+    a path or link leading out of the folder, a truncated or non-PNG file is a
+    :class:`SegscopeError` naming ``summary.json.figures.<key>``.
+    """
     from PIL import Image
 
-    where = f"{SUMMARY_NAME}.figures.{key}"
+    folder = Path(folder)
+    where = f"{SUMMARY_NAME}.figures.{key}" if key else f"figure {name}"
+    shown = EmbeddedFigure(file=Path(name).name, alt=Path(name).stem, image=None,
+                           caption=caption, folder_word=folder_word)
     if not name or Path(name).is_absolute() or Path(name).drive:
         raise SegscopeError(f"{where} is {name!r}: a report embeds only files inside its "
                             "folder, named relative to it")
     root = folder.resolve()
     path = (folder / name).resolve()
     if not path.is_relative_to(root):
-        raise SegscopeError(f"{where} is {name!r}, which is outside the study folder; a "
-                            "report embeds only files inside its folder")
+        raise SegscopeError(f"{where} is {name!r}, which is outside the {folder_word} "
+                            "folder; a report embeds only files inside its folder")
     if not path.exists():
-        return None
+        return shown
     if not path.is_file():
         raise SegscopeError(f"{where}: {name} is not a file")
     data = path.read_bytes()
@@ -262,6 +283,7 @@ def _embed(folder: Path, name: str, key: str) -> str | None:
     except SegscopeError:
         raise
     except (OSError, SyntaxError, ValueError) as exc:
-        raise SegscopeError(f"{where}: {name} is not a readable PNG ({exc}); rerun the "
-                            "study to write it again") from None
-    return base64.b64encode(data).decode("ascii")
+        raise SegscopeError(f"{where}: {name} is not a readable PNG ({exc}); run again "
+                            "to write it") from None
+    shown.image = base64.b64encode(data).decode("ascii")
+    return shown
