@@ -6,7 +6,9 @@ Loading never unpickles anything: the header is JSON, the tensors are raw buffer
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,9 @@ from .models import SegNet
 #: Key of the safetensors header metadata entry that holds segscope's JSON.
 META_KEY = "segscope"
 FORMAT_VERSION = 1
+#: Tensors under this prefix belong to something else kept in the same file (a
+#: training checkpoint's optimizer and RNG state); :func:`load_model` skips them.
+EXTRA_PREFIX = "extra."
 
 
 def save_model(model: SegNet, path: str | os.PathLike, **meta: Any) -> Path:
@@ -27,6 +32,19 @@ def save_model(model: SegNet, path: str | os.PathLike, **meta: Any) -> Path:
 
     The file is a plain ``.safetensors`` file; ``meta`` (with the model config under
     ``"model"`` and the class names under ``"classes"``) is stored as JSON in its header.
+    """
+    return write_model_file(model, path, meta)
+
+
+def write_model_file(model: SegNet, path: str | os.PathLike, meta: dict[str, Any],
+                     extra_tensors: dict[str, torch.Tensor] | None = None,
+                     extra_metadata: dict[str, str] | None = None) -> Path:
+    """:func:`save_model` with more in the same file, written in one atomic rename.
+
+    ``extra_tensors`` are stored under the prefix :data:`EXTRA_PREFIX` (which
+    :func:`load_model` skips) and ``extra_metadata`` beside segscope's JSON in the
+    header; training keeps its whole resumable state in the model file this way, so
+    that no moment exists at which the weights and the state disagree.
     """
     from safetensors.torch import save_file
 
@@ -44,19 +62,53 @@ def save_model(model: SegNet, path: str | os.PathLike, **meta: Any) -> Path:
     except TypeError as exc:
         raise SegscopeError(f"checkpoint metadata is not JSON serialisable: {exc}") from None
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    for key, value in (extra_tensors or {}).items():
+        tensors[EXTRA_PREFIX + key] = value.detach().to("cpu").contiguous()
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={META_KEY: text})
+        try:
+            save_file(tensors, str(tmp), metadata={**(extra_metadata or {}), META_KEY: text})
+        except OSError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - safetensors' own error for a failed write
+            code = re.search(r"os error (\d+)", str(exc))
+            if code:  # a full disk is an OSError like any other write failure
+                raise OSError(int(code[1]), os.strerror(int(code[1])), str(path)) from None
+            raise SegscopeError(f"cannot write {path}: {_short(exc)}") from None
     return Path(path)
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """The JSON metadata of a segscope model file, without reading its tensors."""
+    """The JSON metadata of a segscope model file, without reading its tensors.
+
+    The model description in it is checked (:func:`model_config`), so that a file of
+    the wrong shape stops here with one line.
+    """
+    path = _existing(path)
+    raw = _header(path).get(META_KEY)
+    if raw is None:
+        raise SegscopeError(f"{path} is a safetensors file without segscope metadata")
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise SegscopeError(f"{path}: corrupt segscope metadata ({exc})") from None
+    if not isinstance(meta, dict):
+        raise SegscopeError(f"{path}: segscope metadata is a JSON {type(meta).__name__}, "
+                            "not an object")
+    model_config(meta, path)
+    return meta
+
+
+def read_header(path: str | os.PathLike) -> dict[str, str]:
+    """All string entries of a safetensors header (segscope's JSON and any other)."""
+    return _header(_existing(path))
+
+
+def _header(path: Path) -> dict[str, str]:
     from safetensors import safe_open
 
-    path = _existing(path)
     try:
         with safe_open(str(path), framework="pt") as f:
-            raw = (f.metadata() or {}).get(META_KEY)
+            return dict(f.metadata() or {})
     except Exception as exc:  # noqa: BLE001 - any reader failure means a bad file
         if _is_pickle(path):
             raise SegscopeError(
@@ -64,38 +116,78 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
                 "segscope reads only the .safetensors files it writes (it never unpickles)"
             ) from None
         raise SegscopeError(f"{path} is not a segscope checkpoint ({_short(exc)})") from None
-    if raw is None:
-        raise SegscopeError(f"{path} is a safetensors file without segscope metadata")
-    try:
-        return json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise SegscopeError(f"{path}: corrupt segscope metadata ({exc})") from None
+
+
+def model_config(meta: Any, path: str | os.PathLike = "checkpoint") -> dict[str, Any]:
+    """The SegNet arguments that ``meta`` describes, checked: the one place that decides
+    whether checkpoint metadata has the right shape.
+
+    Returns
+    -------
+    dict
+        ``num_classes`` (int >= 1), ``width`` (float > 0) and ``class_names`` (a list of
+        ``num_classes`` strings, or None).
+    """
+    def bad(what: str) -> SegscopeError:
+        return SegscopeError(f"{path}: segscope metadata {what}; the file was not written "
+                             "by segscope or was edited")
+
+    if not isinstance(meta, dict):
+        raise bad(f"is a JSON {type(meta).__name__}, not an object")
+    config = meta.get("model")
+    if not isinstance(config, dict):
+        raise bad(f"has 'model' = {_clip(config)}, not an object describing the network")
+    if config.get("name") != "SegNet":
+        raise SegscopeError(f"{path}: checkpoint holds a {config.get('name')!r}, not a SegNet")
+    n = config.get("num_classes")
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 1024:
+        raise bad(f"has num_classes = {_clip(n)}, not a whole number of classes")
+    width = config.get("width")
+    if isinstance(width, bool) or not isinstance(width, int | float) \
+            or not math.isfinite(width) or not 0 < width <= 4:
+        raise bad(f"has width = {_clip(width)}, not a number in (0, 4]")
+    names = config.get("class_names") or meta.get("classes")
+    if names is not None and (not isinstance(names, list) or len(names) != n
+                              or not all(isinstance(c, str) for c in names)):
+        raise bad(f"has class names {_clip(names)}, not a list of {n} strings")
+    return {"num_classes": n, "width": float(width), "class_names": names}
 
 
 def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"):
     """Read a model written by :func:`save_model`; returns ``(model, meta)``.
 
-    The model is in eval mode on ``map_location``.
+    The model is in eval mode on ``map_location``. A file whose metadata has the wrong
+    shape, whose tensors do not fit, or whose weights are not finite is refused with
+    one line (:class:`~segscope.errors.SegscopeError`).
     """
-    from safetensors.torch import load_file
+    from safetensors import safe_open
 
     path = _existing(path)
     meta = read_metadata(path)
-    config = meta.get("model", {})
-    if config.get("name") != "SegNet":
-        raise SegscopeError(f"{path}: checkpoint holds a {config.get('name')!r}, not a SegNet")
-    model = SegNet(
-        num_classes=int(config["num_classes"]),
-        width=float(config["width"]),
-        class_names=config.get("class_names") or meta.get("classes"),
-    )
     try:
-        state = load_file(str(path), device="cpu")
+        model = SegNet(**model_config(meta, path))
+    except (ValueError, TypeError, RuntimeError) as exc:
+        raise SegscopeError(f"{path}: cannot build the SegNet it describes ({_short(exc)})") \
+            from None
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            state = {k: f.get_tensor(k) for k in f.keys()  # noqa: SIM118
+                     if not k.startswith(EXTRA_PREFIX)}
     except Exception as exc:  # noqa: BLE001
         raise SegscopeError(f"cannot read weights in {path} ({_short(exc)})") from None
     load_weights(model, state, source=str(path))
+    check_finite(state, str(path))
     model.to(map_location).eval()
     return model, meta
+
+
+def check_finite(tensors: dict[str, torch.Tensor], source: str) -> None:
+    """Refuse tensors holding NaN or infinity: such a model gives meaningless results."""
+    for key, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise SegscopeError(
+                f"{source} has NaN or infinite values (in {key}); it cannot give "
+                "meaningful results (a training that diverged?)")
 
 
 def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str = "weights") -> None:
@@ -129,13 +221,20 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def _existing(path: str | os.PathLike) -> Path:
+    from .data.io import require_file
+
     path = Path(path).expanduser()
-    if not path.is_file():
-        if path.is_dir():
-            raise SegscopeError(f"checkpoint {path} is a folder; give the model file in it "
-                                "(e.g. model.safetensors)")
+    if path.is_dir():
+        raise SegscopeError(f"checkpoint {path} is a folder; give the model file in it "
+                            "(e.g. model.safetensors)")
+    if not path.exists() and not path.is_symlink():
         raise SegscopeError(f"checkpoint not found: {path}")
-    return path
+    return require_file(path, "checkpoint")
+
+
+def _clip(value: Any) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _is_pickle(path: Path) -> bool:

@@ -264,9 +264,9 @@ def fold_normalisation(conv: nn.Conv2d, mean: Sequence[float], std: Sequence[flo
 
 
 def _read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise SegscopeError(f"weights file not found: {path}")
+    from .data.io import require_file
+
+    path = os.fspath(require_file(path, "weights"))
     try:
         if path.endswith(".safetensors"):
             from safetensors.torch import load_file

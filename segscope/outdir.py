@@ -21,6 +21,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,8 @@ def claim_output(
     overwrite: bool = False,
     flag: str = "--out",
     settings: dict[str, Any] | None = None,
+    can_resume: bool = True,
+    inputs: Iterable[str | os.PathLike] = (),
 ) -> Path:
     """Check, create and mark the output folder of one run of ``segscope COMMAND``.
 
@@ -66,6 +69,11 @@ def claim_output(
         The option's name, for messages.
     settings
         JSON-able settings recorded in the mark (what made this folder).
+    can_resume
+        Whether the command has a ``--resume``; only then do messages suggest it.
+    inputs
+        Files and folders the command reads: an output folder that holds one of them
+        is refused (``--overwrite`` would delete it, writing could replace it).
 
     Returns
     -------
@@ -79,14 +87,16 @@ def claim_output(
     """
     if resume and overwrite:
         raise SegscopeError("--resume and --overwrite exclude each other")
-    out = Path(path)
-    if out.is_symlink() and not out.exists():
-        raise SegscopeError(f"{flag} {out} is a broken symbolic link")
-    if out.exists() and not out.is_dir():
-        raise SegscopeError(f"{flag} {out} exists and is not a folder")
+    out = check_out_path(path, flag)
+    _refuse_inputs_inside(out, inputs, flag)
     entries = _entries(out) if out.is_dir() else []
     mark = read_marker(out) if entries else None
-    if entries:
+    # A folder that holds nothing but the mark of the same command (a run stopped
+    # before it wrote anything) is as good as empty, but may still be resumed.
+    only_mark = entries == [MARKER] and mark is not None and mark.get("command") == command
+    if entries and not (only_mark and not resume):
+        again = ("add --resume to continue it, --overwrite to replace it"
+                 if can_resume else "add --overwrite to replace it")
         if mark is None:
             raise SegscopeError(
                 f"{flag} {out} is not empty and was not made by segscope {command}; "
@@ -97,10 +107,11 @@ def claim_output(
                 f"not of 'segscope {command}'; choose another folder")
         if overwrite:
             _clear(out)
+            mark = None
         elif not resume:
             raise SegscopeError(
-                f"{flag} {out} holds an earlier 'segscope {command}' run; add --resume to "
-                "continue it, --overwrite to replace it, or choose another folder")
+                f"{flag} {out} holds an earlier 'segscope {command}' run; {again}, "
+                "or choose another folder")
     elif resume:
         raise SegscopeError(f"--resume: {flag} {out} holds no earlier run to continue")
     try:
@@ -117,6 +128,31 @@ def claim_output(
             "settings": settings or {},
         })
     return out
+
+
+def check_out_path(path: str | os.PathLike, flag: str = "--out") -> Path:
+    """``path`` as a Path, refused when it cannot be an output folder (a file, a broken
+    symbolic link); it need not exist yet."""
+    out = Path(path).expanduser()
+    if out.is_symlink() and not out.exists():
+        raise SegscopeError(f"{flag} {out} is a broken symbolic link")
+    if out.exists() and not out.is_dir():
+        raise SegscopeError(f"{flag} {out} exists and is not a folder")
+    return out
+
+
+def _refuse_inputs_inside(out: Path, inputs: Iterable[str | os.PathLike], flag: str) -> None:
+    root = out.resolve()
+    for item in inputs:
+        if item is None or not isinstance(item, str | os.PathLike):
+            continue
+        source = Path(item).expanduser()
+        if not source.exists():
+            continue
+        where = source.resolve()
+        if where == root or root in where.parents:
+            raise SegscopeError(
+                f"{flag} {out} holds the input {source}; write into another folder")
 
 
 def _entries(folder: Path) -> list[str]:

@@ -146,7 +146,7 @@ def load_image(path: str | os.PathLike, size: tuple[int, int] | None = None) -> 
 
 def find_images(inputs: Sequence[str | os.PathLike]) -> list[Path]:
     """Image files among ``inputs`` (files, or folders searched one level deep)."""
-    from .data.io import IMAGE_SUFFIXES
+    from .data.io import IMAGE_SUFFIXES, require_file
 
     found: list[Path] = []
     for item in inputs:
@@ -157,10 +157,8 @@ def find_images(inputs: Sequence[str | os.PathLike]) -> list[Path]:
             if not files:
                 raise SegscopeError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in folder {p}")
             found += files
-        elif p.is_file():
-            found.append(p)
         else:
-            raise SegscopeError(f"input not found: {p}")
+            found.append(require_file(p, "input"))
     if not found:
         raise SegscopeError("no input images given")
     # A file given both alone and inside its folder is predicted once.

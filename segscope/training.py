@@ -4,9 +4,11 @@
 
 - ``model.safetensors`` — the final model (:func:`segscope.save_model` format);
   ``best.safetensors`` — the best by validation mIoU, when there is validation;
-- ``checkpoint.safetensors`` + ``checkpoint.state.safetensors`` — the model and the rest
-  of the training state (optimizer tensors, RNG states; step, data position, history and
-  config as JSON in the header); no pickle anywhere;
+- ``checkpoint.safetensors`` — the model and, in the same file, the rest of the training
+  state (optimizer tensors and RNG states under ``extra.``; step, data position, history
+  and config as JSON in the header); no pickle anywhere. One file, replaced by one atomic
+  rename, so that a kill at any moment leaves either the previous checkpoint or the new
+  one, never a mix;
 - ``metrics.csv``, ``metrics.json``, ``curves.png``, ``config.json``.
 
 Exact resume: the order of the training images is a pure function of (seed, epoch), the
@@ -37,19 +39,32 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from ._io import atomic_path, write_json, write_text
-from .checkpoint import load_model, load_weights, read_metadata, save_model, unwrap
+from .checkpoint import (
+    EXTRA_PREFIX,
+    check_finite,
+    load_model,
+    load_weights,
+    read_header,
+    read_metadata,
+    save_model,
+    unwrap,
+    write_model_file,
+)
 from .data.classes import IGNORE, ROAD3
+from .device import resolve_device
 from .errors import SegscopeError
 from .metrics import class_pixel_counts, median_frequency_weights
 from .models import SegNet
 from .predict import autocast, evaluate_dataset
 
 CHECKPOINT = "checkpoint.safetensors"
+#: The training state of segscope <= 0.1 lived in a second file beside the model; it is
+#: still read on --resume.
 STATE = "checkpoint.state.safetensors"
 STATE_KEY = "segscope_train_state"
 
 #: Settings that may differ when a run is resumed: they do not change the result.
-RUNTIME_FIELDS = ("device", "workers", "quiet", "out", "resume", "stop_after")
+RUNTIME_FIELDS = ("device", "workers", "quiet", "out", "resume", "overwrite", "stop_after")
 
 
 @dataclasses.dataclass
@@ -57,11 +72,14 @@ class TrainConfig:
     """Everything a training run depends on (saved as ``config.json``).
 
     ``data`` / ``val_data`` are ``--data`` specs for :func:`segscope.data.open_dataset`
-    (e.g. a folder or ``synthetic:2000``) or dataset objects.
+    (e.g. a folder or ``synthetic:2000``) or dataset objects; ``split`` / ``val_split``
+    pick their splits (default: the training split, and the evaluation split).
     """
 
     data: Any = "synthetic:2000"
     val_data: Any = None
+    split: str | None = None
+    val_split: str | None = None
     out: str = "segscope-train"
     size: tuple[int, int] | None = None
     limit: int | None = None
@@ -89,6 +107,7 @@ class TrainConfig:
     bf16: bool = False
     pretrained: str | None = None
     resume: bool = False
+    overwrite: bool = False
     quiet: bool = False
     stop_after: int | None = None
 
@@ -134,8 +153,6 @@ class _Dist:
 
 def _setup_distributed(device_name: str) -> _Dist:
     """Read torchrun's RANK/WORLD_SIZE/LOCAL_RANK and start a process group when > 1."""
-    from .device import resolve_device
-
     world = int(os.environ.get("WORLD_SIZE", "1"))
     device = resolve_device(device_name)
     if world <= 1:
@@ -340,38 +357,138 @@ def _optimizer_from_flat(opt: torch.optim.Optimizer, tensors: dict[str, torch.Te
 
 def save_training_state(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
                         progress: dict[str, Any]) -> None:
-    """Write the checkpoint pair; the state file first, so a model file never runs ahead."""
-    from safetensors.torch import save_file
-
+    """Write ``out/checkpoint.safetensors``: the model and the whole training state in
+    one file, replaced in one atomic rename (a kill leaves the old or the new one)."""
     opt_tensors, opt_info = _optimizer_to_flat(optimizer)
     rng_tensors, rng_info = _rng_state()
     header = {**progress, "optimizer": opt_info, "rng": rng_info}
-    text = json.dumps(header)
-    with atomic_path(out / STATE) as tmp:
-        save_file({**opt_tensors, **rng_tensors}, str(tmp), metadata={STATE_KEY: text})
-    save_model(unwrap(model), out / CHECKPOINT, kind="checkpoint", step=progress["step"])
+    write_model_file(unwrap(model), out / CHECKPOINT,
+                     {"kind": "checkpoint", "step": progress["step"]},
+                     extra_tensors={**opt_tensors, **rng_tensors},
+                     extra_metadata={STATE_KEY: json.dumps(header)})
 
 
-def load_training_state(out: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """Read the checkpoint pair of a run folder; checks that both files belong together."""
+#: Entries of the training-state header and the JSON types they must have.
+_STATE_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "step": int, "epoch": int, "batch_in_epoch": int, "history": list, "config": dict,
+    "class_weights": list, "optimizer": dict, "rng": dict, "loss_count": int,
+    "loss_sum": (int, float), "seconds": (int, float),
+}
+
+
+def load_training_state(out: Path, tensors: bool = True
+                        ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The training state of the run in ``out``: ``(header, tensors)``, checked.
+
+    With ``tensors=False`` only the header is read (the tensors come back empty).
+
+    Raises
+    ------
+    SegscopeError
+        No checkpoint, a checkpoint of the wrong shape, of another model, or with
+        non-finite values.
+    """
+    from safetensors import safe_open
+
+    out = Path(out)
+    path = out / CHECKPOINT
+    if not path.exists() and not path.is_symlink():
+        raise SegscopeError(f"nothing to resume in {out}: no {CHECKPOINT} there")
+    raw = read_header(path).get(STATE_KEY)
+    if raw is None:
+        if (out / STATE).is_file():
+            return _load_state_pair(out)
+        raise SegscopeError(f"{path} holds a model but no training state; it cannot be "
+                            "resumed (train into a new --out, or --overwrite)")
+    header = _parse_state(raw, path)
+    _check_same_model(read_metadata(path), header, path)
+    if not tensors:
+        return header, {}
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            state = {k[len(EXTRA_PREFIX):]: f.get_tensor(k)
+                     for k in f.keys() if k.startswith(EXTRA_PREFIX)}  # noqa: SIM118
+    except Exception as exc:  # noqa: BLE001 - any reader failure is a bad file
+        raise SegscopeError(f"cannot read the training state in {path} ({exc})") from None
+    check_finite(state, f"the training state in {path}")
+    return header, state
+
+
+def _load_state_pair(out: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The two-file checkpoint of earlier versions (model file + state file)."""
     from safetensors import safe_open
     from safetensors.torch import load_file
 
     state_path, model_path = out / STATE, out / CHECKPOINT
-    if not state_path.is_file() or not model_path.is_file():
-        raise SegscopeError(f"nothing to resume in {out}: no {CHECKPOINT} / {STATE} there")
     try:
         with safe_open(str(state_path), framework="pt") as f:
-            header = json.loads((f.metadata() or {})[STATE_KEY])
+            raw = (f.metadata() or {})[STATE_KEY]
         tensors = load_file(str(state_path))
     except Exception as exc:  # noqa: BLE001 - any reader failure is a bad file
         raise SegscopeError(f"{state_path} is not a segscope training state ({exc})") from None
-    if read_metadata(model_path).get("step") != header.get("step"):
+    header = _parse_state(raw, state_path)
+    meta = read_metadata(model_path)
+    _check_same_model(meta, header, model_path)
+    if meta.get("step") != header.get("step"):
         raise SegscopeError(
             f"{model_path} and {state_path} are from different steps; the run was stopped "
-            "while writing them — start again without --resume"
-        )
+            "while writing them — start again with --overwrite")
+    check_finite(tensors, str(state_path))
     return header, tensors
+
+
+def _parse_state(raw: str, path: Path) -> dict[str, Any]:
+    try:
+        header = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise SegscopeError(f"{path}: corrupt training state ({exc})") from None
+    if not isinstance(header, dict):
+        raise SegscopeError(f"{path}: the training state is a JSON {type(header).__name__}, "
+                            "not an object")
+    for key, kind in _STATE_FIELDS.items():
+        value = header.get(key)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise SegscopeError(f"{path}: the training state has {key} = {value!r:.60}, "
+                                "which is not what segscope writes")
+    if any(isinstance(w, bool) or not isinstance(w, int | float) or not math.isfinite(w)
+           for w in header["class_weights"]):
+        raise SegscopeError(f"{path}: the training state has class weights that are not "
+                            "finite numbers")
+    return header
+
+
+def _check_same_model(meta: dict[str, Any], header: dict[str, Any], path: Path) -> None:
+    """The model in a checkpoint must be the network its run trains."""
+    model = meta["model"]
+    config = header["config"]
+    if config.get("width") is not None and float(model["width"]) != float(config["width"]):
+        raise SegscopeError(
+            f"{path} holds a SegNet of width {model['width']}, but its run trains width "
+            f"{config['width']}: the widths differ, it is not this run's checkpoint")
+    if int(model["num_classes"]) != len(ROAD3):
+        raise SegscopeError(f"{path} holds a SegNet of {model['num_classes']} classes; "
+                            f"segscope trains {len(ROAD3)} ({', '.join(ROAD3)})")
+
+
+def resume_point(out: Path, tensors: bool = True
+                 ) -> tuple[dict | None, dict[str, torch.Tensor], dict[str, Any]]:
+    """What ``--resume`` continues from: ``(header or None, tensors, saved config)``.
+
+    A run stopped before its first checkpoint has only the settings in its folder mark
+    (:mod:`segscope.outdir`); it resumes by starting at step 0 with them. With
+    ``tensors=False`` only the headers are read.
+    """
+    from .outdir import read_marker
+
+    out = Path(out)
+    if (out / CHECKPOINT).exists() or (out / CHECKPOINT).is_symlink():
+        header, state = load_training_state(out, tensors)
+        return header, state, header["config"]
+    mark = read_marker(out) or {}
+    settings = mark.get("settings")
+    if mark.get("command") == "train" and isinstance(settings, dict) and settings:
+        return None, {}, settings
+    raise SegscopeError(f"nothing to resume in {out}: no {CHECKPOINT} there")
 
 
 # -- logging -----------------------------------------------------------------------------
@@ -445,14 +562,41 @@ def plot_curves(history: list[dict], path: Path) -> None:
 
 
 # -- datasets ----------------------------------------------------------------------------
-def _open(spec: Any, split: str, size, limit) -> Any:
+def _open(spec: Any, split: str | None, purpose: str, size, limit) -> Any:
     if spec is None:
         return None
     if not isinstance(spec, str | os.PathLike):
         return spec
     from .data.real import open_dataset
 
-    return open_dataset(str(spec), split=split, size=size, limit=limit)
+    return open_dataset(str(spec), split=split, size=size, limit=limit, purpose=purpose)
+
+
+# -- the run folder ----------------------------------------------------------------------
+def _claim_run_folder(out: Path, config: TrainConfig) -> None:
+    """Take ``out`` for this run (:func:`segscope.outdir.claim_output`), and remove the
+    temporary files a killed earlier run may have left."""
+    from .outdir import claim_output
+
+    if not config.resume:
+        claim_output(out, "train", overwrite=config.overwrite, settings=config.to_json(),
+                     inputs=[config.data, config.val_data, config.pretrained])
+    for tmp in out.glob(".*.tmp"):  # atomic_path's temporary names, in our own folder
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+def _write_failure(out: Path, exc: OSError) -> str:
+    """One line for a failed write during training, naming the checkpoint that is kept."""
+    what = f"cannot write {exc.filename}" if exc.filename else f"cannot write in {out}"
+    try:
+        step = read_metadata(out / CHECKPOINT).get("step")
+    except SegscopeError:
+        step = None
+    kept = (f"; the checkpoint of step {step} is intact: free space and continue with "
+            f"'segscope train --resume --out {out}'" if step is not None
+            else "; no checkpoint was written yet")
+    return f"{what}: {exc.strerror or exc}{kept}"
 
 
 def _check_config(c: TrainConfig) -> None:
@@ -537,17 +681,27 @@ def train(config: TrainConfig) -> TrainResult:
     KeyboardInterrupt
         After Ctrl-C, once the checkpoint is written (the CLI exits with 130).
     """
+    from .outdir import check_out_path, claim_output
+
     t0 = time.perf_counter()
-    out = Path(config.out)
+    out = check_out_path(config.out)
     header: dict[str, Any] | None = None
     state_tensors: dict[str, torch.Tensor] = {}
     if config.resume:
-        header, state_tensors = load_training_state(out)
-        config = _merge_resumed(config, header["config"])
+        if config.overwrite:
+            raise SegscopeError("--resume and --overwrite exclude each other")
+        if int(os.environ.get("RANK", "0")) == 0:
+            claim_output(out, "train", resume=True)  # only checks: a train run is there
+        header, state_tensors, saved = resume_point(out)
+        config = _merge_resumed(config, saved)
     _check_config(config)
     d = _setup_distributed(config.device)
     try:
         return _run(config, d, out, header, state_tensors, t0)
+    except OSError as exc:
+        # A full disk, a folder gone read-only: every write is atomic, so the last
+        # checkpoint is whole; say so in one line.
+        raise SegscopeError(_write_failure(out, exc)) from None
     finally:
         if d.initialised_here:
             import torch.distributed as dist
@@ -563,8 +717,8 @@ def _run(config: TrainConfig, d: _Dist, out: Path, header: dict | None,
     np.random.seed(config.seed % 2**32)
     random.seed(config.seed)
 
-    train_set = _open(config.data, "train", config.size, config.limit)
-    val_set = _open(config.val_data, "val", config.size, config.val_limit)
+    train_set = _open(config.data, config.split, "train", config.size, config.limit)
+    val_set = _open(config.val_data, config.val_split, "eval", config.size, config.val_limit)
     if len(train_set) < config.batch_size * d.world:
         raise SegscopeError(
             f"the training set has {len(train_set)} images, fewer than one batch "
@@ -574,6 +728,9 @@ def _run(config: TrainConfig, d: _Dist, out: Path, header: dict | None,
     model = SegNet(num_classes=len(ROAD3), width=config.width, class_names=ROAD3)
     if config.pretrained and header is None:
         model.load_vgg16_bn(config.pretrained)
+    if d.main:  # every input checked: now the folder is taken
+        _claim_run_folder(out, config)
+    _barrier(d)
 
     if header is not None:
         weights = torch.tensor(header["class_weights"], dtype=torch.float32)
@@ -593,8 +750,12 @@ def _run(config: TrainConfig, d: _Dist, out: Path, header: dict | None,
     model.train()
     optimizer = make_optimizer(model.parameters(), config)
     if header is not None:
-        _optimizer_from_flat(optimizer, state_tensors, header["optimizer"])
-        _set_rng_state(state_tensors, header["rng"])
+        try:
+            _optimizer_from_flat(optimizer, state_tensors, header["optimizer"])
+            _set_rng_state(state_tensors, header["rng"])
+        except (KeyError, ValueError, TypeError, RuntimeError, IndexError) as exc:
+            raise SegscopeError(f"the training state in {out / CHECKPOINT} does not fit "
+                                f"this run ({str(exc).splitlines()[0][:120]})") from None
     net: nn.Module = model
     if d.world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -626,7 +787,6 @@ def _run(config: TrainConfig, d: _Dist, out: Path, header: dict | None,
     val_metrics = p.get("val_metrics")
 
     if d.main:
-        out.mkdir(parents=True, exist_ok=True)
         write_json(out / "config.json", {**config.to_json(), "world_size": d.world,
                                          "class_weights": weights.tolist()})
 
@@ -638,6 +798,10 @@ def _run(config: TrainConfig, d: _Dist, out: Path, header: dict | None,
                 "config": config.to_json(), "total_steps": total}
 
     def checkpoint() -> None:
+        if not bool(torch.isfinite(loss_sum)):
+            raise SegscopeError(
+                f"training diverged: the loss is not finite at step {step}; lower --lr "
+                f"(the last good checkpoint in {out} is kept)")
         if d.main:
             save_training_state(out, model, optimizer, progress())
         _barrier(d)
@@ -677,6 +841,11 @@ def _run(config: TrainConfig, d: _Dist, out: Path, header: dict | None,
                                   "lr": optimizer.param_groups[0]["lr"],
                                   "loss": float(loss_sum) / loss_count if loss_count else None,
                                   "seconds": round(elapsed_before + time.perf_counter() - t0, 3)}
+                        if record["loss"] is not None and not math.isfinite(record["loss"]):
+                            raise SegscopeError(
+                                f"training diverged: the loss is {record['loss']} at step "
+                                f"{step}; lower --lr (the last good checkpoint in {out} is "
+                                "kept)")
                         bar.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
                         loss_sum.zero_()
                         loss_count = 0

@@ -16,14 +16,18 @@ import torch
 from _cli import exit_code
 from PIL import Image
 
-from segscope import load_model, save_model
+from segscope import SegNet, load_model, save_model
+from segscope.checkpoint import write_model_file
 from segscope.data.classes import ROAD3_COLOURS
 from segscope.errors import SegscopeError
 from segscope.training import (
     CHECKPOINT,
+    STATE,
+    STATE_KEY,
     ResumableSampler,
     TrainConfig,
     learning_rate,
+    load_training_state,
     save_training_state,
     train,
 )
@@ -141,15 +145,43 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_is_exact(reference, tmp_path):
     assert_same_run(ref, tmp_path)
 
 
-def test_resume_needs_matching_checkpoint_files(reference, tmp_path):
-    with pytest.raises(SegscopeError, match="nothing to resume"):
+def test_resume_needs_a_checkpoint_of_this_run(reference, tmp_path):
+    with pytest.raises(SegscopeError, match="holds no earlier run"):
         train(config(tmp_path, resume=True))
     ref, _ = reference["sgd"]
-    shutil.copytree(ref, tmp_path / "run")
-    model, _ = load_model(ref / "model.safetensors")
-    save_model(model, tmp_path / "run" / CHECKPOINT, step=2)  # model file from another step
+    run = tmp_path / "run"
+    shutil.copytree(ref, run)
+    # the checkpoint of a wider network, with this run's training state
+    header, state = load_training_state(run)
+    wide = SegNet(3, width=0.125)
+    write_model_file(wide, run / CHECKPOINT, {"kind": "checkpoint", "step": header["step"]},
+                     extra_tensors=state, extra_metadata={STATE_KEY: json.dumps(header)})
+    with pytest.raises(SegscopeError, match="widths differ"):
+        train(config(run, resume=True))
+    # a plain model file holds no training state
+    save_model(load_model(ref / "model.safetensors")[0], run / CHECKPOINT, step=7)
+    with pytest.raises(SegscopeError, match="no training state"):
+        train(config(run, resume=True))
+
+
+def test_resume_reads_the_two_file_checkpoint_of_earlier_versions(reference, tmp_path):
+    """Before the single file, the state lived in checkpoint.state.safetensors."""
+    from safetensors.torch import save_file
+
+    ref, _ = reference["sgd"]
+    run = tmp_path / "run"
+    first = train(config(run, stop_after=3))
+    header, state = load_training_state(run)
+    save_model(load_model(run / CHECKPOINT)[0], run / CHECKPOINT, kind="checkpoint", step=3)
+    save_file(state, str(run / STATE), metadata={STATE_KEY: json.dumps(header)})
+    assert first.step == 3
+    train(TrainConfig(data=Scenes(10), val_data=Scenes(3, offset=1), out=str(run),
+                      resume=True, quiet=True))
+    assert_same_run(ref, run)
+    # a pair split by a kill in the old writer: said in one line
+    save_model(load_model(ref / "model.safetensors")[0], run / CHECKPOINT, step=2)
     with pytest.raises(SegscopeError, match="different steps"):
-        train(config(tmp_path / "run", resume=True))
+        train(config(run, resume=True))
 
 
 def test_sampler_order_depends_on_seed_and_epoch_only():
@@ -184,14 +216,15 @@ def test_learning_rate_schedules():
 
 
 def test_optimizer_state_round_trips_without_pickle(tmp_path):
-    from segscope import SegNet
-    from segscope.training import _optimizer_from_flat, load_training_state, make_optimizer
+    from segscope.training import _optimizer_from_flat, make_optimizer
 
     model = SegNet(width=0.0625)
     opt = make_optimizer(model.parameters(), TrainConfig(optimizer="adam"))
     model(torch.rand(1, 3, 32, 32)).sum().backward()
     opt.step()
-    save_training_state(tmp_path, model, opt, {"step": 1, "config": {}})
+    save_training_state(tmp_path, model, opt, {
+        "step": 1, "epoch": 0, "batch_in_epoch": 1, "history": [], "config": {"width": 0.0625},
+        "class_weights": [1.0, 2.0, 3.0], "loss_count": 0, "loss_sum": 0.0, "seconds": 0.5})
     header, tensors = load_training_state(tmp_path)
     fresh = make_optimizer(model.parameters(), TrainConfig(optimizer="adam"))
     _optimizer_from_flat(fresh, tensors, header["optimizer"])
@@ -230,10 +263,9 @@ def test_train_cli_writes_outputs_and_guards_resume(tmp_path, capsys):
     args = ["train", "--data", str(data), "--val-data", str(data), "--width", "0.0625",
             "--iters", "3", "--batch-size", "2", "--out", str(out), "--quiet", "--seed", "1"]
     assert exit_code(args) == 0
-    for name in ("model.safetensors", "best.safetensors", "checkpoint.safetensors",
-                 "checkpoint.state.safetensors", "metrics.csv", "metrics.json", "curves.png",
-                 "config.json"):
-        assert (out / name).is_file(), name
+    assert sorted(p.name for p in out.iterdir()) == sorted([
+        ".segscope-run.json", "model.safetensors", "best.safetensors",
+        "checkpoint.safetensors", "metrics.csv", "metrics.json", "curves.png", "config.json"])
     model, meta = load_model(out / "model.safetensors")
     assert meta["step"] == 3 and model.width == 0.0625
     # CamVid has no markings: validation is on the road surface
@@ -243,7 +275,17 @@ def test_train_cli_writes_outputs_and_guards_resume(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--iters 5 differs" in err[0]
     assert exit_code(["train", "--resume", "--out", str(tmp_path / "empty"), "-q"]) == 2
-    assert "nothing to resume" in capsys.readouterr().err
+    assert "no earlier run to continue" in capsys.readouterr().err
+    # the output-folder rule: a finished run is not silently replaced ...
+    assert exit_code(args) == 2
+    assert "earlier 'segscope train' run" in capsys.readouterr().err
+    # ... --overwrite replaces it whole: no best.safetensors of the old run beside the new
+    # model (this run has no validation)
+    no_val = args[:3] + args[5:] + ["--overwrite"]
+    assert "--val-data" not in no_val and "--data" in no_val
+    assert exit_code(no_val) == 0
+    assert not (out / "best.safetensors").exists()
+    assert load_model(out / "model.safetensors")[1]["val_metrics"] is None
     assert exit_code(["train", "--data", "synthetic:4:nosuchpreset", "--iters", "1",
                 "--out", str(tmp_path / "x"), "-q"]) == 2
     assert capsys.readouterr().err.count("\n") == 1
@@ -266,7 +308,7 @@ def test_predict_cli(tiny_segnet, tmp_path, capsys):
     out = tmp_path / "pred"
     assert exit_code(["predict", "-c", str(ckpt), str(data / "val"), str(data / "train" / "s0.png"),
                 "--out", str(out), "-q"]) == 0
-    names = sorted(p.name for p in out.iterdir())
+    names = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
     assert names == sorted(f"{s}_{k}.png" for s in ("s0", "s1", "s0_2")
                            for k in ("pred", "overlay", "labels"))
     image = torch.from_numpy(np.asarray(Image.open(data / "val" / "s1.png"), np.float32) / 255)

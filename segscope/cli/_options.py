@@ -32,14 +32,14 @@ def parse_size(text: str) -> tuple[int, int]:
 
 def dataset_kind_options(func):
     """``--data-kind`` and ``--id-map``: force a dataset layout, map a plain folder's ids."""
-    from ..data.real import DATA_KINDS
+    from ..data.real import data_kinds
 
     func = click.option(
         "--id-map", type=click.Path(), default=None,
         help="JSON file {source id: ROAD3 id or name} for --data-kind folder.",
     )(func)
     return click.option(
-        "--data-kind", type=click.Choice(DATA_KINDS), default="auto",
+        "--data-kind", type=click.Choice(data_kinds()), default="auto",
         show_default=True, help="Dataset layout; auto detects it from the folder.",
     )(func)
 
@@ -52,9 +52,9 @@ def prepare_out_dir(path: str | os.PathLike, flag: str = "--out") -> Path:
     """
     import tempfile
 
-    out = Path(path)
-    if out.exists() and not out.is_dir():
-        raise SegscopeError(f"{flag} {out} exists and is not a folder")
+    from ..outdir import check_out_path
+
+    out = check_out_path(path, flag)
     try:
         out.mkdir(parents=True, exist_ok=True)
         # A real write, not os.access: root passes access checks on read-only mounts.

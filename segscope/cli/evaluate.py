@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import click
 
-from ._options import dataset_kind_options, device_option, parse_size, prepare_out_dir
+from ._options import (
+    dataset_kind_options,
+    device_option,
+    overwrite_option,
+    parse_size,
+    split_option,
+)
 
 
 @click.command("evaluate")
@@ -12,19 +18,22 @@ from ._options import dataset_kind_options, device_option, parse_size, prepare_o
               help="Model file written by segscope train (model.safetensors).")
 @click.option("--data", required=True,
               help="A dataset folder (CamVid, segscope synth, ...) or synthetic:N[:PRESET[:SEED]].")
-@click.option("--split", default=None, help="Dataset split (default: the evaluation split).")
+@split_option
 @dataset_kind_options
 @click.option("--size", default=None, help="Resize images to HxW before scoring.")
 @click.option("--limit", type=int, default=None, help="Score only the first N images.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True)
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
               help="DataLoader worker processes.")
-@click.option("--out", type=click.Path(), default=None, help="Write DIR/metrics.json.")
+@click.option("--out", type=click.Path(), default=None,
+              help="Write DIR/metrics.json (a new or empty folder, or an earlier evaluate "
+              "run with --overwrite).")
+@overwrite_option
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON on stdout.")
 @device_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def evaluate(checkpoint, data, split, data_kind, id_map, size, limit, batch_size, workers, out,
-             as_json, device, quiet) -> None:
+             overwrite, as_json, device, quiet) -> None:
     """Score a checkpoint: global accuracy, mean class accuracy, per-class IoU, mIoU.
 
     Datasets without a markings class (CamVid 11-class, Cityscapes) are scored on the
@@ -37,15 +46,15 @@ def evaluate(checkpoint, data, split, data_kind, id_map, size, limit, batch_size
     from .._io import write_json
     from ..checkpoint import load_model
     from ..data.classes import ROAD3
-    from ..data.real import LabelFolder, open_dataset
-    from ..data.synthetic import SyntheticRoads
+    from ..data.real import open_dataset
     from ..errors import SegscopeError
     from ..metrics import format_metrics
+    from ..outdir import check_out_path, claim_output
     from ..predict import evaluate_dataset
     from ._options import resolve_device
 
     if out:
-        prepare_out_dir(out)
+        check_out_path(out)
     dev = resolve_device(device)
     model, meta = load_model(checkpoint, map_location=dev)
     if tuple(model.class_names) != tuple(ROAD3):
@@ -57,8 +66,14 @@ def evaluate(checkpoint, data, split, data_kind, id_map, size, limit, batch_size
                            limit=limit, kind=data_kind, id_map=id_map)
     if len(dataset) == 0:
         raise SegscopeError(f"no images to score in {data}")
-    if split is not None and isinstance(dataset, LabelFolder | SyntheticRoads):
-        raise SegscopeError(f"{data} has no splits: drop --split {split}")
+    split = getattr(dataset, "split", split)
+    note = getattr(dataset, "split_note", None)
+    if note and not quiet:
+        click.echo(f"segscope: {note}", err=True)
+    if out:
+        claim_output(out, "evaluate", overwrite=overwrite, can_resume=False,
+                     inputs=[checkpoint, data, id_map],
+                     settings={"checkpoint": str(checkpoint), "data": str(data), "split": split})
     road_surface = not getattr(dataset, "has_markings", True)
     cm = evaluate_dataset(model, dataset, device=dev, batch_size=batch_size, workers=workers,
                           road_surface=road_surface,

@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import click
 
-from ._options import device_option, parse_size, prepare_out_dir
+from ._options import device_option, overwrite_option, parse_size
 
 
 @click.command("predict")
 @click.option("--checkpoint", "-c", required=True, type=click.Path(),
               help="Model file written by segscope train (model.safetensors).")
 @click.argument("inputs", nargs=-1, required=True, type=click.Path())
-@click.option("--out", required=True, type=click.Path(), help="Output folder.")
+@click.option("--out", required=True, type=click.Path(),
+              help="Output folder: new or empty, or an earlier predict run with --overwrite.")
+@overwrite_option
 @click.option("--size", default=None, help="Resize inputs to HxW first.")
 @click.option("--alpha", type=float, default=0.5, show_default=True,
               help="Opacity of the colours in the overlay.")
 @device_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def predict(checkpoint, inputs, out, size, alpha, device, quiet) -> None:
+def predict(checkpoint, inputs, out, overwrite, size, alpha, device, quiet) -> None:
     """Predict INPUTS (images or folders of images).
 
     \b
@@ -30,17 +32,21 @@ def predict(checkpoint, inputs, out, size, alpha, device, quiet) -> None:
 
     from ..checkpoint import load_model
     from ..errors import SegscopeError
+    from ..outdir import claim_output
     from ..predict import find_images, predict_files
     from ._options import resolve_device
 
     if not 0.0 <= alpha <= 1.0:
         raise SegscopeError(f"--alpha must be in [0, 1], got {alpha}")
-    find_images(inputs)  # bad inputs fail before the model is read
-    prepare_out_dir(out)
+    shape = parse_size(size) if size else None
+    files = find_images(inputs)  # bad inputs fail before the model is read
     dev = resolve_device(device)
     model, _ = load_model(checkpoint, map_location=dev)
+    claim_output(out, "predict", overwrite=overwrite, can_resume=False,
+                 inputs=[*files, checkpoint],
+                 settings={"checkpoint": str(checkpoint), "inputs": [str(i) for i in inputs]})
     records = predict_files(model, inputs, out, device=dev,
-                            size=parse_size(size) if size else None, alpha=alpha,
+                            size=shape, alpha=alpha,
                             quiet=quiet or not sys.stderr.isatty())
     if not quiet:
         click.echo(f"{len(records)} image(s) -> {out}")

@@ -5,12 +5,13 @@ from __future__ import annotations
 import click
 
 from ..errors import SegscopeError
-from ._options import device_option, parse_size, prepare_out_dir
+from ._options import device_option, overwrite_option, parse_size
 
 #: Option names whose value, when given on the command line together with --resume,
 #: must agree with the interrupted run (they change the result).
-_FIXED = ("data", "val_data", "size", "limit", "val_limit", "width", "iters", "epochs",
-          "batch_size", "optimizer", "lr", "momentum", "weight_decay", "schedule", "warmup",
+_FIXED = ("data", "val_data", "split", "val_split", "size", "limit", "val_limit", "width",
+          "iters", "epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay",
+          "schedule", "warmup",
           "class_weights", "weight_sample", "seed", "channels_last", "bf16", "pretrained")
 
 
@@ -20,8 +21,13 @@ _FIXED = ("data", "val_data", "size", "limit", "val_limit", "width", "iters", "e
               "synthetic:N[:PRESET[:SEED]].")
 @click.option("--val-data", default=None,
               help="Validation data, same forms (use another seed for synthetic data).")
+@click.option("--split", default=None,
+              help="Split of --data to train on (default: train, or the only split there is).")
+@click.option("--val-split", default=None,
+              help="Split of --val-data (default: val, or the only split there is).")
 @click.option("--out", "out", default="segscope-train", show_default=True, type=click.Path(),
-              help="Output folder (models, checkpoints, metrics, curves).")
+              help="Output folder (models, checkpoints, metrics, curves): new or empty, or "
+              "an earlier train run with --resume / --overwrite.")
 @click.option("--size", default=None, help="Resize images to HxW, e.g. 360x480.")
 @click.option("--limit", type=int, default=None, help="Use only the first N training images.")
 @click.option("--val-limit", type=int, default=None, help="Use only the first N validation images.")
@@ -63,8 +69,10 @@ _FIXED = ("data", "val_data", "size", "limit", "val_limit", "width", "iters", "e
               help="bfloat16 autocast: about 2x faster on CPUs with AVX512-BF16 and on "
               "recent GPUs, much slower on CPUs without it.")
 @click.option("--pretrained", type=click.Path(), default=None,
-              help="VGG16-BN weights (torchvision layout, .pth or .safetensors) for the encoder.")
+              help="VGG16-BN weights (torchvision layout) for the encoder: .safetensors "
+              "(preferred) or .pth, read with torch.load(weights_only=True).")
 @click.option("--resume", is_flag=True, help="Continue the interrupted run in --out exactly.")
+@overwrite_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.option("--stop-after", type=int, default=None, hidden=True,
               help="Stop (as if interrupted) after N iterations: for tests.")
@@ -77,15 +85,17 @@ def train(ctx: click.Context, **kw) -> None:
     cross-entropy with median-frequency class weights, ignore label 255.
     Multi-GPU / multi-process: torchrun --nproc_per_node=N -m segscope.cli train ...
     """
-    from pathlib import Path
-
-    from ..training import TrainConfig, load_training_state
+    from ..outdir import check_out_path, claim_output
+    from ..training import TrainConfig, resume_point
     from ..training import train as run
 
     size = parse_size(kw["size"]) if kw["size"] else None
     if kw["resume"]:
-        header, _ = load_training_state(Path(kw["out"]))
-        saved = header["config"]
+        if kw["overwrite"]:
+            raise SegscopeError("--resume and --overwrite exclude each other")
+        out = check_out_path(kw["out"])
+        claim_output(out, "train", resume=True)  # only checks: a train run is there
+        _, _, saved = resume_point(out, tensors=False)
         for name in _FIXED:
             if ctx.get_parameter_source(name) != click.core.ParameterSource.COMMANDLINE:
                 continue
@@ -97,8 +107,6 @@ def train(ctx: click.Context, **kw) -> None:
                     "drop it to resume, or train into a new --out"
                 )
     config = TrainConfig(**{**kw, "size": size})
-    if not kw["resume"]:
-        prepare_out_dir(kw["out"])
     result = run(config)
     if not config.quiet and result.model_path is not None:
         import os

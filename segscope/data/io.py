@@ -28,16 +28,39 @@ def _reason(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def require_file(path: str | os.PathLike, what: str) -> Path:
+    """``path`` when it is a regular file, else one line saying what it is instead.
+
+    A FIFO or a device (``/dev/null``) is refused before it is opened: reading one
+    blocks or yields nothing, and "not found" would mislead.
+
+    Parameters
+    ----------
+    path
+        The file the user named.
+    what
+        What the file should be, for the message (``"image"``, ``"checkpoint"``, ...).
+    """
+    path = Path(path).expanduser()
+    if path.is_file():
+        return path
+    if path.is_dir():
+        raise SegscopeError(f"{what} file {path} is a folder, not a file")
+    if path.is_symlink() and not path.exists():
+        raise SegscopeError(f"{what} file {path} is a broken symbolic link")
+    if path.exists():
+        raise SegscopeError(f"{what} file {path} is not a regular file (a pipe, socket or "
+                            "device)")
+    raise SegscopeError(f"{what} file {path} is not found")
+
+
 def _open(path: str | os.PathLike, what: str) -> tuple[Image.Image, bool]:
     """Open and fully decode ``path``; a one-line SegscopeError on any failure.
 
     Returns the image and whether it is a 16-bit-per-channel colour PNG, which PIL
     decodes to 8 bits (the high byte) and :func:`_read_rgb16` reads in full.
     """
-    path = Path(path)
-    if not path.is_file():
-        kind = "a folder, not a file" if path.is_dir() else "not found"
-        raise SegscopeError(f"{what} file {path} is {kind}")
+    path = require_file(path, what)
     try:
         img = Image.open(path)
         rgb16 = img.mode == "RGB" and any(_rawmode(t) == "RGB;16B" for t in img.tile)

@@ -12,6 +12,8 @@ recognises the folder layout (or the pseudo-spec ``synthetic:N[:PRESET[:SEED]]``
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import os
 from collections.abc import Callable, Iterable, Mapping
@@ -24,20 +26,17 @@ from torch.utils.data import Dataset
 
 from ..errors import SegscopeError
 from .classes import BACKGROUND, IGNORE, MARKINGS, ROAD, ROAD3
-from .io import IMAGE_SUFFIXES, read_image, read_label
+from .io import IMAGE_SUFFIXES, read_image, read_label, require_file
 
 __all__ = [
     "CamVid", "CamVid32", "Mapillary", "Synthia", "Cityscapes", "LabelFolder",
     "open_dataset", "load_id_map", "merge_road_surface", "scoring_classes",
-    "ROAD_SURFACE", "DATA_KINDS",
+    "ROAD_SURFACE", "DATA_KINDS", "DatasetKind", "KINDS", "register_kind", "data_kinds",
+    "available_splits", "default_split", "PairDataset",
 ]
 
 #: Classes a dataset without a markings class is scored on (road ∪ markings = surface).
 ROAD_SURFACE: tuple[str, str] = ("background", "road surface")
-
-#: The values ``kind=`` (and the CLI's ``--data-kind``) accepts.
-DATA_KINDS = ("auto", "camvid", "camvid32", "mapillary", "synthia", "cityscapes", "folder",
-              "synthetic")
 
 PathLike = str | os.PathLike
 
@@ -135,10 +134,8 @@ def load_id_map(id_map: Mapping | PathLike) -> tuple[dict, bool]:
     """
     where = "the id map"
     if not isinstance(id_map, Mapping):
-        path = Path(id_map)
+        path = require_file(id_map, "id map")
         where = f"id map {path}"
-        if not path.is_file():
-            raise SegscopeError(f"id map file {path} not found")
         try:
             id_map = json.loads(path.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -240,8 +237,12 @@ CAMVID32_MAP = {rgb: _CAMVID32_TARGET.get(name, BACKGROUND)
 # Common machinery
 # --------------------------------------------------------------------------------------
 
-class _PairDataset(Dataset):
-    """Image/label file pairs, decoded and mapped to ROAD3 on access."""
+class PairDataset(Dataset):
+    """Image/label file pairs, decoded and mapped to ROAD3 on access.
+
+    A new dataset kind subclasses it: find the ``(image, label)`` file pairs, pass them
+    to ``__init__`` and map a label file to ROAD3 ids in ``_label`` (docs/extending.md).
+    """
 
     #: Short name used in messages and ``repr``.
     name = "dataset"
@@ -400,7 +401,10 @@ def _first_dir(*candidates: Path) -> Path | None:
 # Datasets
 # --------------------------------------------------------------------------------------
 
-class CamVid(_PairDataset):
+_PairDataset = PairDataset  # the earlier private name
+
+
+class CamVid(PairDataset):
     """CamVid, 11 classes, in the SegNet tutorial layout.
 
     ``root/{split}/*.png``, ``root/{split}annot/*.png`` (8-bit ids) and optionally
@@ -449,21 +453,26 @@ class CamVid(_PairDataset):
         return files
 
     def _resolve(self, token: str, fallback: Path, listing: Path, line: int) -> Path:
+        """The file a listing line names, found under the dataset folder only."""
         p = Path(token)
-        candidates = [p] if p.is_absolute() else [self.root / p]
-        # Tutorial listings carry absolute paths of the authors' machine.
+        if ".." in p.parts:
+            raise SegscopeError(f"{listing} line {line}: {token} points outside the dataset "
+                                f"folder {self.root}; names are resolved under it")
+        # Tutorial listings carry absolute paths of the authors' machine: only their
+        # folder and file name are used, under the root; a listing never reaches out.
+        candidates = [] if p.is_absolute() else [self.root / p]
         candidates += [self.root / p.parent.name / p.name, fallback / p.name]
         for c in candidates:
             if c.is_file():
                 return c
-        raise SegscopeError(f"{listing} line {line}: file {token} not found "
-                            f"(also looked for {candidates[-1]})")
+        raise SegscopeError(f"{listing} line {line}: file {token} not found under "
+                            f"{self.root} (also looked for {candidates[-1]})")
 
     def _label(self, path: Path) -> np.ndarray:
         return self.id_map(read_label(path), path)
 
 
-class CamVid32(_PairDataset):
+class CamVid32(PairDataset):
     """CamVid, 32 classes, RGB-coded labels (``<stem>_L.png``).
 
     Layouts, tried in order:
@@ -523,7 +532,7 @@ def _strip_l(p: Path) -> str:
     return stem[:-2] if stem.endswith("_L") else stem
 
 
-class Mapillary(_PairDataset):
+class Mapillary(PairDataset):
     """Mapillary Vistas v1.2: ``root/{split}/images/*.jpg`` + ``root/{split}/labels/*.png``.
 
     ``split`` is ``training`` or ``validation`` (``train``/``val`` are accepted); the
@@ -555,7 +564,7 @@ class Mapillary(_PairDataset):
         return self.id_map(read_label(path), path)
 
 
-class Synthia(_PairDataset):
+class Synthia(PairDataset):
     """SYNTHIA RAND-CITYSCAPES: ``root/RGB/*.png`` + ``root/GT/LABELS/*.png``.
 
     Labels are 16-bit PNGs with the class id in the first (R) channel: 3 road -> road,
@@ -588,7 +597,7 @@ class Synthia(_PairDataset):
         return self.id_map(read_label(path), path)
 
 
-class Cityscapes(_PairDataset):
+class Cityscapes(PairDataset):
     """Cityscapes fine annotations.
 
     ``root/leftImg8bit/{split}/{city}/*_leftImg8bit.png`` and
@@ -628,7 +637,7 @@ class Cityscapes(_PairDataset):
         return self.id_map(read_label(path), path)
 
 
-class LabelFolder(_PairDataset):
+class LabelFolder(PairDataset):
     """Any folder of image/label pairs matched by file stem, with a user id map.
 
     Parameters
@@ -743,9 +752,205 @@ def merge_road_surface(pred, label):
 # open_dataset: what --data means
 # --------------------------------------------------------------------------------------
 
+@dataclasses.dataclass(frozen=True)
+class DatasetKind:
+    """One kind of dataset folder that ``--data`` understands (see :func:`register_kind`).
+
+    Parameters
+    ----------
+    name
+        The ``--data-kind`` value.
+    open
+        ``open(root, split=..., size=..., limit=...)`` -> the dataset (``id_map=`` too
+        when ``takes_id_map``).
+    detect
+        ``detect(root) -> bool``: whether a folder has this layout; ``None`` for kinds
+        used only when named.
+    looks_for
+        What ``detect`` looks for, in the message when no kind matches.
+    splits
+        ``splits(root) -> [names]``: the splits present; ``None`` for kinds without
+        splits (then ``--split`` is an error).
+    train_split, eval_split
+        The split used for training and for evaluation when none is given; ``None``
+        means every image.
+    aliases
+        Other accepted names of splits, e.g. ``{"val": "validation"}``.
+    generic
+        Detected only after every specific kind (a catch-all layout).
+    takes_id_map
+        ``open`` accepts the user's ``id_map``.
+    """
+
+    name: str
+    open: Callable[..., Dataset]
+    detect: Callable[[Path], bool] | None = None
+    looks_for: str = ""
+    splits: Callable[[Path], list[str]] | None = None
+    train_split: str | None = "train"
+    eval_split: str | None = "val"
+    aliases: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    generic: bool = False
+    takes_id_map: bool = False
+
+
+#: Every kind of dataset folder, by ``--data-kind`` name, in detection order.
+KINDS: dict[str, DatasetKind] = {}
+
+
+def register_kind(kind: DatasetKind) -> DatasetKind:
+    """Add (or replace) a dataset kind: the one place that makes a layout known to
+    :func:`open_dataset`, ``--data-kind`` and detection (docs/extending.md)."""
+    if kind.name in ("auto", "synthetic") or not kind.name.isidentifier():
+        raise SegscopeError(f"{kind.name!r} cannot name a dataset kind")
+    KINDS[kind.name] = kind
+    return kind
+
+
+def data_kinds() -> tuple[str, ...]:
+    """The values ``kind=`` (and ``--data-kind``) accepts."""
+    return ("auto", *KINDS, "synthetic")
+
+
+def _dirs(root: Path) -> list[str]:
+    try:
+        return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    except OSError:
+        return []
+
+
+def _listings(root: Path) -> list[str]:
+    """Stems of the split listings ``root/NAME.txt``."""
+    try:
+        return sorted(p.stem for p in root.glob("*.txt") if p.is_file())
+    except OSError:
+        return []
+
+
+def _ordered(names: Iterable[str]) -> list[str]:
+    rank = {"train": 0, "training": 0, "val": 1, "validation": 1, "test": 2, "testing": 2}
+    return sorted(set(names), key=lambda n: (rank.get(n, 3), n))
+
+
+def _camvid_splits(root: Path) -> list[str]:
+    return _ordered([d for d in _dirs(root) if (root / f"{d}annot").is_dir()]
+                    + [t for t in _listings(root)
+                       if t in ("train", "val", "test") or (root / f"{t}annot").is_dir()])
+
+
+def _camvid32_splits(root: Path) -> list[str]:
+    return _ordered([d for d in _dirs(root)
+                     if (root / f"{d}_labels").is_dir() or (root / f"{d}annot").is_dir()]
+                    + _listings(root))
+
+
+def _has(root: Path, *parts: str) -> bool:
+    return root.joinpath(*parts).exists()
+
+
+def _is_camvid(root: Path) -> bool:
+    return any((_has(root, f"{s}.txt") or _has(root, s)) and _has(root, f"{s}annot")
+               for s in ("train", "val", "test"))
+
+
+def _is_camvid32(root: Path) -> bool:
+    return _has(root, "LabeledApproved_full") or any(
+        _has(root, f"{s}_labels") for s in ("train", "val", "test")) or (
+        _has(root, "labels") and next(root.joinpath("labels").glob("*_L.png"), None) is not None)
+
+
+def _open_folder(root: Path, split: str | None = None, size=None, limit=None,
+                 id_map: Mapping | PathLike | None = None) -> Dataset:
+    if id_map is None:
+        if (root / "manifest.json").is_file():
+            return LabelFolder.synth(root, size=size, limit=limit)
+        raise SegscopeError(f"{root} is a folder of image/label pairs: give an id map "
+                            "(--id-map map.json) saying which label ids are road and markings")
+    return LabelFolder(root, id_map, size=size, limit=limit)
+
+
+for _kind in (
+    DatasetKind("synth", lambda root, split=None, size=None, limit=None:
+                LabelFolder.synth(root, size=size, limit=limit),
+                detect=lambda r: _has(r, "manifest.json") and _has(r, "images")
+                and _has(r, "labels"),
+                looks_for="manifest.json + images/ + labels/ (segscope synth)"),
+    DatasetKind("cityscapes", Cityscapes, detect=lambda r: _has(r, "leftImg8bit"),
+                looks_for="leftImg8bit/ (Cityscapes)",
+                splits=lambda r: _ordered(_dirs(r / "leftImg8bit"))),
+    DatasetKind("mapillary", Mapillary,
+                detect=lambda r: _has(r, "training", "images") or _has(r, "validation", "images"),
+                looks_for="training/images (Mapillary)",
+                splits=lambda r: _ordered(d for d in _dirs(r) if (r / d / "images").is_dir()),
+                train_split="training", eval_split="validation", aliases=Mapillary._ALIASES),
+    DatasetKind("synthia", Synthia, detect=lambda r: _has(r, "RGB") and _has(r, "GT", "LABELS"),
+                looks_for="RGB/ + GT/LABELS (SYNTHIA)", splits=_listings,
+                train_split=None, eval_split=None),
+    DatasetKind("camvid", CamVid, detect=_is_camvid, looks_for="val.txt + valannot/ (CamVid)",
+                splits=_camvid_splits),
+    DatasetKind("camvid32", CamVid32, detect=_is_camvid32,
+                looks_for="*_L.png labels (CamVid32)", splits=_camvid32_splits,
+                train_split=None, eval_split=None),
+    DatasetKind("folder", _open_folder,
+                detect=lambda r: _has(r, "images") and _has(r, "labels"),
+                looks_for="images/ + labels/ (folder with --id-map)", generic=True,
+                takes_id_map=True),
+):
+    register_kind(_kind)
+
+#: The values ``kind=`` accepts when this module is loaded (see :func:`data_kinds`).
+DATA_KINDS = data_kinds()
+
+
+def available_splits(root: PathLike, kind: str = "auto") -> list[str]:
+    """The splits present in the dataset folder ``root`` (empty for kinds without splits).
+
+    Parameters
+    ----------
+    root
+        A dataset folder.
+    kind
+        Its kind, or ``auto`` to detect it.
+    """
+    root = Path(root).expanduser()
+    info = KINDS[_kind_of(root, kind)]
+    return info.splits(root) if info.splits is not None else []
+
+
+def default_split(root: PathLike, kind: str = "auto", purpose: str = "eval"
+                  ) -> tuple[str | None, str | None]:
+    """The split to read when the user names none: ``(split, note)``.
+
+    The kind's usual split (``val`` for evaluation, ``train`` for training) when the
+    folder has it, else the only split there is, with a ``note`` saying so; ``None``
+    means every image. Several splits but not the usual one is an error naming them.
+    """
+    root = Path(root).expanduser()
+    info = KINDS[_kind_of(root, kind)]
+    want = info.train_split if purpose == "train" else info.eval_split
+    if info.splits is None or want is None:
+        return want, None
+    have = info.splits(root)
+    if not have or want in have:
+        return want, None
+    if len(have) == 1:
+        return have[0], f"{root} has only the split '{have[0]}': using it"
+    raise SegscopeError(f"{root} has no '{want}' split; it has {', '.join(have)}: choose "
+                        "one with --split")
+
+
+def _kind_of(root: Path, kind: str, id_map: Any = None) -> str:
+    kind = (kind or "auto").lower()
+    if kind == "auto":
+        return detect_kind(root, id_map)
+    if kind not in KINDS:
+        raise SegscopeError(f"unknown data kind {kind!r} (choose from {', '.join(data_kinds())})")
+    return kind
+
+
 def open_dataset(spec: PathLike, split: str | None = None, size: tuple[int, int] | None = None,
                  limit: int | None = None, kind: str = "auto",
-                 id_map: Mapping | PathLike | None = None) -> Dataset:
+                 id_map: Mapping | PathLike | None = None, purpose: str = "eval") -> Dataset:
     """Open the dataset that ``spec`` names, recognising its layout.
 
     Parameters
@@ -754,28 +959,31 @@ def open_dataset(spec: PathLike, split: str | None = None, size: tuple[int, int]
         A folder, or ``synthetic:N``, ``synthetic:N:PRESET`` or ``synthetic:N:PRESET:SEED``
         for N generated scenes (:class:`segscope.data.SyntheticRoads`).
     split
-        Dataset split; ``None`` picks the evaluation split (``val`` for CamVid and
-        Cityscapes, ``validation`` for Mapillary, all images for SYNTHIA, CamVid32
-        and plain folders).
+        Dataset split; ``None`` picks it with :func:`default_split`: the evaluation split
+        (``val`` for CamVid and Cityscapes, ``validation`` for Mapillary, all images for
+        SYNTHIA, CamVid32 and plain folders), or the only split there is. A split given
+        to a set without splits is an error.
     size
         (H, W) to resize to (images bilinear, labels nearest).
     limit
         Keep only the first ``limit`` items.
     kind
-        ``auto`` (detect) or one of ``camvid``, ``camvid32``, ``mapillary``, ``synthia``,
-        ``cityscapes``, ``folder``, ``synthetic``.
+        ``auto`` (detect) or a registered kind (:data:`KINDS`: ``camvid``, ``camvid32``,
+        ``mapillary``, ``synthia``, ``cityscapes``, ``synth``, ``folder``), or
+        ``synthetic``.
     id_map
         For ``folder``: ``{source id: ROAD3 id or 255}`` as a dict or JSON file.
+    purpose
+        ``"eval"`` or ``"train"``: which split ``None`` means.
 
-    Detection, in order: ``synthetic:`` prefix; ``manifest.json`` + ``images/`` +
-    ``labels/`` (a ``segscope synth`` folder); ``leftImg8bit/`` (Cityscapes);
-    ``training/images`` or ``validation/images`` (Mapillary); ``RGB/`` + ``GT/LABELS``
-    (SYNTHIA); ``{train,val,test}.txt`` or ``{split}annot/`` (CamVid 11-class);
-    ``*_L.png`` labels (CamVid32); ``images/`` + ``labels/`` with ``id_map`` (folder).
+    The dataset gets ``.split`` (what was read) and ``.split_note`` (a line when the
+    split was chosen for the user, else None). Detection tries the kinds of
+    :data:`KINDS` in order (catch-all layouts last); pointing ``spec`` at a CamVid listing
+    such as ``camvid/val.txt`` opens that split.
     """
     kind = (kind or "auto").lower()
-    if kind not in DATA_KINDS:
-        raise SegscopeError(f"unknown data kind {kind!r} (choose from {', '.join(DATA_KINDS)})")
+    if kind not in data_kinds():
+        raise SegscopeError(f"unknown data kind {kind!r} (choose from {', '.join(data_kinds())})")
     text = str(spec)
     if text.startswith("synthetic:") or kind == "synthetic":
         return _open_synthetic(text, split, size, limit)
@@ -785,58 +993,52 @@ def open_dataset(spec: PathLike, split: str | None = None, size: tuple[int, int]
     if root.is_file():
         # A split listing such as camvid/val.txt names its dataset and split.
         if root.suffix == ".txt" and kind in ("auto", "camvid"):
-            return CamVid(root.parent, split or root.stem, size=size, limit=limit)
+            return _with_split(CamVid(root.parent, split or root.stem, size=size, limit=limit),
+                               split or root.stem, None)
         raise SegscopeError(f"--data must be a dataset folder or synthetic:N, got the file {root}")
-    if kind == "auto":
-        kind = detect_kind(root, id_map)
-    if kind == "folder" and id_map is None:
-        if (root / "manifest.json").is_file():
-            return LabelFolder.synth(root, size=size, limit=limit)
-        raise SegscopeError(f"{root} is a folder of image/label pairs: give an id map "
-                            "(--id-map map.json) saying which label ids are road and markings")
-    if kind == "folder":
-        return LabelFolder(root, id_map, size=size, limit=limit)
-    if id_map is not None:
-        raise SegscopeError(f"an id map is only used with plain folders, not with {kind} data")
-    if kind == "camvid":
-        return CamVid(root, split or "val", size=size, limit=limit)
-    if kind == "camvid32":
-        return CamVid32(root, split, size=size, limit=limit)
-    if kind == "mapillary":
-        return Mapillary(root, split or "validation", size=size, limit=limit)
-    if kind == "synthia":
-        return Synthia(root, split, size=size, limit=limit)
-    if kind == "cityscapes":
-        return Cityscapes(root, split or "val", size=size, limit=limit)
-    raise AssertionError(kind)  # pragma: no cover
+    if not root.is_dir():
+        raise SegscopeError(f"--data {root} is not a folder (a pipe, socket or device)")
+    name = _kind_of(root, kind, id_map)
+    info = KINDS[name]
+    if id_map is not None and not info.takes_id_map:
+        raise SegscopeError(f"an id map is only used with plain folders, not with {name} data")
+    note = None
+    if info.splits is None:
+        if split is not None:
+            raise SegscopeError(f"{root} ({name} data) has no splits: drop --split {split}")
+    elif split is None:
+        split, note = default_split(root, name, purpose)
+    else:
+        have = info.splits(root)
+        wanted = info.aliases.get(split, split)
+        if have and wanted not in have and split not in have:
+            raise SegscopeError(f"{root} has no split {split!r}; it has {', '.join(have)}")
+    kwargs: dict[str, Any] = {"size": size, "limit": limit}
+    if info.takes_id_map:
+        kwargs["id_map"] = id_map
+    if info.splits is not None:
+        kwargs["split"] = split
+    return _with_split(info.open(root, **kwargs), split, note)
+
+
+def _with_split(dataset: Dataset, split: str | None, note: str | None) -> Dataset:
+    with contextlib.suppress(AttributeError):  # a kind may return a frozen object
+        dataset.split = split
+        dataset.split_note = note
+    return dataset
 
 
 def detect_kind(root: Path, id_map: Any = None) -> str:
     """The dataset kind of folder ``root``, from its layout (see :func:`open_dataset`)."""
     root = Path(root)
-    has = lambda *parts: root.joinpath(*parts).exists()  # noqa: E731
-    if has("manifest.json") and has("images") and has("labels"):
-        return "folder"
-    if has("leftImg8bit"):
-        return "cityscapes"
-    if has("training", "images") or has("validation", "images"):
-        return "mapillary"
-    if has("RGB") and has("GT", "LABELS"):
-        return "synthia"
-    splits = ("train", "val", "test")
-    if any(has(f"{s}.txt") and has(f"{s}annot") for s in splits) or \
-            any(has(s) and has(f"{s}annot") for s in splits):
-        return "camvid"
-    if has("LabeledApproved_full") or any(has(f"{s}_labels") for s in splits) or (
-            has("labels") and next(root.joinpath("labels").glob("*_L.png"), None) is not None):
-        return "camvid32"
-    if has("images") and has("labels"):
-        return "folder"
-    raise SegscopeError(
-        f"cannot tell which dataset {root} holds: looked for manifest.json + images/ + "
-        "labels/ (segscope synth), leftImg8bit/ (Cityscapes), training/images (Mapillary), "
-        "RGB/ + GT/LABELS (SYNTHIA), val.txt + valannot/ (CamVid), *_L.png labels "
-        "(CamVid32), images/ + labels/ (folder with --id-map); use --data-kind to force one")
+    ordered = [k for k in KINDS.values() if not k.generic] + \
+        [k for k in KINDS.values() if k.generic]
+    for info in ordered:
+        if info.detect is not None and info.detect(root):
+            return info.name
+    looked = ", ".join(k.looks_for or k.name for k in ordered if k.detect is not None)
+    raise SegscopeError(f"cannot tell which dataset {root} holds: looked for {looked}; "
+                        "use --data-kind to force one")
 
 
 def _open_synthetic(text: str, split: str | None, size: tuple[int, int] | None,
@@ -854,6 +1056,8 @@ def _open_synthetic(text: str, split: str | None, size: tuple[int, int] | None,
         raise SegscopeError(f"bad synthetic data spec {text!r}: use {usage}") from None
     if n < 1:
         raise SegscopeError(f"synthetic data needs at least 1 image, got {n}")
+    if split is not None:
+        raise SegscopeError(f"{text} (generated scenes) has no splits: drop --split {split}")
     preset = parts[1] if len(parts) > 1 and parts[1] else "narrow"
     if limit is not None:
         n = min(n, int(limit))
@@ -866,55 +1070,3 @@ def _open_synthetic(text: str, split: str | None, size: tuple[int, int] | None,
         return SyntheticRoads(n, **kwargs)
     except (KeyError, ValueError) as exc:
         raise SegscopeError(f"bad synthetic data spec {text!r}: {exc}") from None
-
-
-
-#: The split each layout is evaluated on when none is named.
-_EVAL_SPLIT = {"camvid": "val", "cityscapes": "val", "mapillary": "validation"}
-
-
-def available_splits(root: PathLike, kind: str = "auto") -> list[str]:
-    """The splits present in the dataset folder ``root`` (empty for kinds without splits).
-
-    Parameters
-    ----------
-    root
-        A dataset folder.
-    kind
-        Its kind, or ``auto`` to detect it.
-    """
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        return []
-    kind = detect_kind(root) if kind == "auto" else kind
-    found: set[str] = set()
-    if kind == "camvid":
-        for p in root.iterdir():
-            if p.suffix == ".txt" and p.is_file() and (root / f"{p.stem}annot").is_dir():
-                found.add(p.stem)
-            elif p.is_dir() and (root / f"{p.name}annot").is_dir():
-                found.add(p.name)
-    elif kind == "cityscapes":
-        found = {p.name for p in (root / "leftImg8bit").iterdir() if p.is_dir()}
-    elif kind == "mapillary":
-        found = {p.name for p in root.iterdir() if (p / "images").is_dir()}
-    return sorted(found)
-
-
-def default_split(root: PathLike, kind: str = "auto") -> tuple[str | None, str | None]:
-    """The split to read when the user names none: ``(split, note)``.
-
-    The kind's evaluation split (``val``) when the folder has it, else the only split
-    there is, with a ``note`` saying so; ``None`` means every image. Several splits but
-    not the usual one is an error naming them.
-    """
-    root = Path(root).expanduser()
-    kind = detect_kind(root) if kind == "auto" else kind
-    want = _EVAL_SPLIT.get(kind)
-    have = available_splits(root, kind)
-    if want is None or not have or want in have:
-        return want, None
-    if len(have) == 1:
-        return have[0], f"{root} has only the split '{have[0]}': using it"
-    raise SegscopeError(f"{root} has no '{want}' split; it has {', '.join(have)}: choose "
-                        "one with --split")
