@@ -5,10 +5,14 @@ Loading never unpickles anything: the header is JSON, the tensors are raw buffer
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import re
+import signal
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +29,25 @@ FORMAT_VERSION = 1
 #: Tensors under this prefix belong to something else kept in the same file (a
 #: training checkpoint's optimizer and RNG state); :func:`load_model` skips them.
 EXTRA_PREFIX = "extra."
+
+
+@contextlib.contextmanager
+def uninterrupted() -> Iterator[None]:
+    """Hold Ctrl-C (SIGINT) and SIGTERM back while safetensors reads or writes.
+
+    A Python signal handler that raises inside safetensors' native code comes out as an
+    unrelated ``ValueError`` ("could not determine the shape of object type ...") and
+    the interrupt itself is lost; held back, it arrives right after, as itself.
+    """
+    if not hasattr(signal, "pthread_sigmask") \
+            or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def save_model(model: SegNet, path: str | os.PathLike, **meta: Any) -> Path:
@@ -66,7 +89,9 @@ def write_model_file(model: SegNet, path: str | os.PathLike, meta: dict[str, Any
         tensors[EXTRA_PREFIX + key] = value.detach().to("cpu").contiguous()
     with atomic_path(path) as tmp:
         try:
-            save_file(tensors, str(tmp), metadata={**(extra_metadata or {}), META_KEY: text})
+            with uninterrupted():
+                save_file(tensors, str(tmp),
+                          metadata={**(extra_metadata or {}), META_KEY: text})
         except OSError:
             raise
         except Exception as exc:  # noqa: BLE001 - safetensors' own error for a failed write
@@ -107,7 +132,7 @@ def _header(path: Path) -> dict[str, str]:
     from safetensors import safe_open
 
     try:
-        with safe_open(str(path), framework="pt") as f:
+        with uninterrupted(), safe_open(str(path), framework="pt") as f:
             return dict(f.metadata() or {})
     except Exception as exc:  # noqa: BLE001 - any reader failure means a bad file
         if _is_pickle(path):
@@ -170,7 +195,7 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
         raise SegscopeError(f"{path}: cannot build the SegNet it describes ({_short(exc)})") \
             from None
     try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
+        with uninterrupted(), safe_open(str(path), framework="pt", device="cpu") as f:
             state = {k: f.get_tensor(k) for k in f.keys()  # noqa: SIM118
                      if not k.startswith(EXTRA_PREFIX)}
     except Exception as exc:  # noqa: BLE001

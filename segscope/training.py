@@ -47,6 +47,7 @@ from .checkpoint import (
     read_header,
     read_metadata,
     save_model,
+    uninterrupted,
     unwrap,
     write_model_file,
 )
@@ -405,7 +406,7 @@ def load_training_state(out: Path, tensors: bool = True
     if not tensors:
         return header, {}
     try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
+        with uninterrupted(), safe_open(str(path), framework="pt", device="cpu") as f:
             state = {k[len(EXTRA_PREFIX):]: f.get_tensor(k)
                      for k in f.keys() if k.startswith(EXTRA_PREFIX)}  # noqa: SIM118
     except Exception as exc:  # noqa: BLE001 - any reader failure is a bad file
@@ -417,13 +418,12 @@ def load_training_state(out: Path, tensors: bool = True
 def _load_state_pair(out: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """The two-file checkpoint of earlier versions (model file + state file)."""
     from safetensors import safe_open
-    from safetensors.torch import load_file
 
     state_path, model_path = out / STATE, out / CHECKPOINT
     try:
-        with safe_open(str(state_path), framework="pt") as f:
+        with uninterrupted(), safe_open(str(state_path), framework="pt") as f:
             raw = (f.metadata() or {})[STATE_KEY]
-        tensors = load_file(str(state_path))
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
     except Exception as exc:  # noqa: BLE001 - any reader failure is a bad file
         raise SegscopeError(f"{state_path} is not a segscope training state ({exc})") from None
     header = _parse_state(raw, state_path)

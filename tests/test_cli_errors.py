@@ -8,6 +8,8 @@ checkpoint, a tiny synthetic dataset and a handful of crafted files.
 
 from __future__ import annotations
 
+import errno
+import json
 import os
 import shutil
 import signal
@@ -21,6 +23,7 @@ import pytest
 import torch
 from _cli import run_cli
 from PIL import Image
+from safetensors.torch import save_file
 
 import segscope
 from segscope.cli import main
@@ -37,6 +40,30 @@ def assert_one_error(code: int, err: str, *needles: str) -> None:
     assert lines[0].startswith("segscope: error: "), err
     for needle in needles:
         assert needle.lower() in lines[0].lower(), (needle, lines[0])
+
+
+def _bad_metadata(good: dict) -> dict[str, object]:
+    """segscope metadata that is valid JSON of the wrong shape, by case name."""
+    def with_model(**changes) -> dict:
+        return {**good, "model": {**good["model"], **changes}}
+
+    no_classes = dict(good["model"])
+    del no_classes["num_classes"]
+    return {
+        "list": [good],
+        "number": 3,
+        "model-is-a-string": {**good, "model": "SegNet"},
+        "no-num-classes": {**good, "model": no_classes},
+        "width-is-text": with_model(width="wide"),
+        "width-negative": with_model(width=-1),
+        "width-huge": with_model(width=1e9),
+        "classes-a-float": with_model(num_classes=2.5),
+        "class-names-wrong": with_model(class_names=[1, 2, 3]),
+        "not-a-segnet": with_model(name="UNet"),
+    }
+
+
+BAD_METADATA = list(_bad_metadata({"model": {"num_classes": 3, "width": 1}}))
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +98,6 @@ def f(tmp_path_factory) -> dict[str, Path]:
     p["a_file"] = d / "a_file"
     p["a_file"].write_text("x")
 
-    from safetensors.torch import save_file
-
     p["foreign"] = d / "foreign.safetensors"
     save_file({"weight": torch.zeros(3)}, str(p["foreign"]))
     p["garbage"] = d / "garbage.safetensors"
@@ -101,6 +126,45 @@ def f(tmp_path_factory) -> dict[str, Path]:
     shutil.copy(p["label"], p["unmapped"] / "labels" / "a.png")
     p["empty"] = d / "empty"
     p["empty"].mkdir()
+    p["fifo"] = d / "fifo.png"
+    os.mkfifo(p["fifo"])
+    p["devnull"] = Path(os.devnull)
+    p["dangling"] = d / "dangling"
+    p["dangling"].symlink_to(d / "nowhere")
+    # a folder of the user's own files, and checkpoints with non-finite weights
+    p["mine"] = d / "mine"
+    p["mine"].mkdir()
+    shutil.copy(p["image"], p["mine"] / "a.png")
+    (p["mine"] / "a_pred.png").write_bytes(b"the user's own file")
+    nan_model = segscope.SegNet(3, width=0.0625)
+    with torch.no_grad():
+        nan_model.conv2_1.conv.weight[0, 0, 0, 0] = float("nan")
+    p["nan"] = segscope.save_model(nan_model, d / "nan.safetensors")
+    with torch.no_grad():
+        nan_model.conv2_1.conv.weight[0, 0, 0, 0] = float("inf")
+    p["inf"] = segscope.save_model(nan_model, d / "inf.safetensors")
+    # checkpoints whose metadata is valid JSON of the wrong shape
+    from segscope.checkpoint import read_metadata
+
+    good = read_metadata(p["ckpt"])
+    tensors = {k: v.contiguous() for k, v in segscope.SegNet(3, width=0.0625).state_dict().items()}
+    for name, meta in _bad_metadata(good).items():
+        p[f"meta_{name}"] = d / f"meta_{name}.safetensors"
+        save_file(tensors, str(p[f"meta_{name}"]), metadata={"segscope": json.dumps(meta)})
+
+    # CamVid-like folders: one split only, two splits but no val, listings that escape
+    camvid_label = np.where(label == 2, 3, label * 3).astype(np.uint8)
+    for name, splits in (("test_only", ["test"]), ("train_test", ["train", "test"]),
+                         ("escape", ["val"]), ("absolute", ["val"])):
+        root = p[f"camvid_{name}"] = d / f"camvid_{name}"
+        for split in splits:
+            (root / split).mkdir(parents=True)
+            (root / f"{split}annot").mkdir()
+            shutil.copy(p["image"], root / split / "a.png")
+            Image.fromarray(camvid_label).save(root / f"{split}annot" / "a.png")
+    shutil.copy(p["image"], d / "secret.png")
+    (p["camvid_escape"] / "val.txt").write_text("../secret.png ../secret.png\n")
+    (p["camvid_absolute"] / "val.txt").write_text(f"{d / 'secret.png'} {d / 'secret.png'}\n")
 
     # a synthetic dataset and a finished 2-step run for the train/resume cases
     p["synth"] = d / "synth"
@@ -142,7 +206,7 @@ CASES = [
      "--label {dir}/nope.png --out {dir}/o", ["nope.png", "not found"]),
     ("predict-input-missing", "predict -c {ckpt} {dir}/nope.png --out {dir}/o", ["not found"]),
     ("report-missing", "report {dir}/nope", ["not found"]),
-    ("resume-nothing", "train --resume --out {empty}", ["nothing to resume"]),
+    ("resume-nothing", "train --resume --out {empty}", ["no earlier run to continue"]),
     # folders without images, sizes that disagree, ids outside the map
     ("folder-no-images", "evaluate -c {ckpt} --data {no_images} --data-kind folder "
      "--id-map {idmap}", ["no images"]),
@@ -237,6 +301,61 @@ CASES = [
     ("study-out-is-a-file", "study -c {ckpt} --quick -q --out {a_file}", ["not a folder"]),
     ("train-out-is-a-file", "train --data {synth} --iters 1 --out {a_file}", ["not a folder"]),
     ("report-not-a-study", "report {synth}", ["not a study folder"]),
+    # a FIFO or a device is not a regular file (and not "not found")
+    ("image-fifo", "explain -c {ckpt} -i {fifo} --class road --pixel 1,1 --out {dir}/o",
+     ["fifo.png", "not a regular file"]),
+    ("image-devnull", "predict -c {ckpt} {devnull} --out {dir}/o", ["not a regular file"]),
+    ("label-fifo", "explain -c {ckpt} -i {image} --class road --from-prediction tp "
+     "--label {fifo} --out {dir}/o", ["not a regular file"]),
+    ("checkpoint-fifo", "evaluate -c {fifo} --data {synth}", ["not a regular file"]),
+    ("checkpoint-devnull", "predict -c {devnull} {image} --out {dir}/o",
+     ["not a regular file"]),
+    ("id-map-devnull", "evaluate -c {ckpt} --data {unmapped} --data-kind folder "
+     "--id-map {devnull}", ["not a regular file"]),
+    ("pretrained-devnull", "train --data {synth} --iters 1 --pretrained {devnull} "
+     "--out {dir}/t", ["not a regular file"]),
+    ("data-devnull", "evaluate -c {ckpt} --data {devnull}", ["not a folder"]),
+    # --out: a broken symbolic link, a user's folder, an earlier run, the inputs' folder
+    ("train-out-broken-link", "train --data {synth} --iters 1 --out {dangling}",
+     ["broken symbolic link"]),
+    ("predict-out-broken-link", "predict -c {ckpt} {image} --out {dangling}",
+     ["broken symbolic link"]),
+    ("evaluate-out-broken-link", "evaluate -c {ckpt} --data {synth} --out {dangling}",
+     ["broken symbolic link"]),
+    ("predict-into-its-inputs", "predict -c {ckpt} {mine} --out {mine}", ["holds the input"]),
+    ("predict-into-users-folder", "predict -c {ckpt} {image} --out {mine}",
+     ["not empty", "not made by segscope predict"]),
+    ("predict-overwrite-users-folder", "predict -c {ckpt} {image} --out {mine} --overwrite",
+     ["not made by segscope predict"]),
+    ("evaluate-into-users-folder", "evaluate -c {ckpt} --data {synth} --out {mine}",
+     ["not made by segscope evaluate"]),
+    ("train-into-finished-run", "train --data {synth} --iters 2 --out {run} " + " ".join(TRAIN),
+     ["earlier 'segscope train' run", "--resume", "--overwrite"]),
+    ("train-overwrite-users-folder", "train --data {synth} --iters 1 --out {mine} --overwrite",
+     ["not made by segscope train"]),
+    ("train-out-holds-its-data", "train --data {synth} --iters 1 --out {dir} --overwrite",
+     ["holds the input"]),
+    ("train-resume-users-folder", "train --resume --out {mine}", ["not made by segscope train"]),
+    ("train-resume-and-overwrite", "train --resume --overwrite --out {run}",
+     ["exclude each other"]),
+    # checkpoints whose weights are not finite
+    ("evaluate-nan-weights", "evaluate -c {nan} --data {synth}", ["nan or infinite", "conv2_1"]),
+    ("evaluate-inf-weights", "evaluate -c {inf} --data {synth}", ["nan or infinite"]),
+    ("predict-nan-weights", "predict -c {nan} {image} --out {dir}/pn", ["nan or infinite"]),
+    # splits: a folder with one split, several without val, a split that is not there
+    ("split-not-there", "evaluate -c {ckpt} --data {camvid_test_only} --split val",
+     ["no split 'val'", "test"]),
+    ("no-val-among-splits", "evaluate -c {ckpt} --data {camvid_train_test}",
+     ["no 'val' split", "train, test", "--split"]),
+    ("train-split-not-there", "train --data {camvid_train_test} --split nope --iters 1 "
+     "--out {dir}/t", ["no split 'nope'"]),
+    ("split-of-generated-data", "train --data synthetic:4 --split train --iters 1 "
+     "--out {dir}/t", ["no splits"]),
+    # listings name files under the dataset folder only
+    ("listing-escapes-with-dotdot", "evaluate -c {ckpt} --data {camvid_escape}",
+     ["points outside"]),
+    ("listing-absolute-outside", "evaluate -c {ckpt} --data {camvid_absolute}",
+     ["not found under"]),
     ("report-on-a-file", "report {a_file}", ["not a study folder"]),
     ("unknown-command", "nosuch", ["nosuch"]),
 ]
@@ -274,19 +393,6 @@ def test_read_only_out(f, capsys, tmp_path, command):
     code, _, err = run_cli(args, capsys)
     assert_one_error(code, err, "cannot write")
     assert not out.exists()
-
-
-@pytest.mark.parametrize("model, needle", [("wide", "width 0.0625"), ("five", "3 classes")])
-def test_resume_with_checkpoint_of_another_model(f, capsys, tmp_path, model, needle):
-    run = tmp_path / "run"
-    shutil.copytree(f["run"], run)
-    # the state file's step must match, or resume stops earlier for another reason
-    from segscope.checkpoint import load_model
-
-    other, _ = load_model(f[model])
-    segscope.save_model(other, run / "checkpoint.safetensors", kind="checkpoint", step=2)
-    code, _, err = run_cli(["train", "--resume", "--out", run], capsys)
-    assert_one_error(code, err, "does not fit", needle)
 
 
 def test_resume_with_changed_option(f, capsys):
@@ -345,3 +451,143 @@ def test_ctrl_c_saves_and_resume_matches_an_uninterrupted_run(f, capsys, tmp_pat
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert read_metadata(stopped / "model.safetensors")["step"] == iters
+
+
+def _run_copy(f, tmp_path: Path) -> Path:
+    run = tmp_path / "run"
+    shutil.copytree(f["run"], run)
+    return run
+
+
+@pytest.mark.parametrize("case", BAD_METADATA)
+@pytest.mark.parametrize("command", ["evaluate", "predict", "explain", "resume"])
+def test_checkpoint_metadata_of_the_wrong_shape_is_one_line(f, capsys, tmp_path, case,
+                                                            command):
+    ckpt = f[f"meta_{case}"]
+    if command == "resume":
+        # the run's own training state beside the broken model description
+        from segscope.checkpoint import read_header
+
+        run = _run_copy(f, tmp_path)
+        header = read_header(run / "checkpoint.safetensors")
+        header["segscope"] = read_header(ckpt)["segscope"]
+        save_file(load_file_all(run / "checkpoint.safetensors"),
+                  str(run / "checkpoint.safetensors"), metadata=header)
+    args = {
+        "evaluate": ["evaluate", "-c", ckpt, "--data", f["synth"]],
+        "predict": ["predict", "-c", ckpt, f["image"], "--out", tmp_path / "p"],
+        "explain": ["explain", "-c", ckpt, "-i", f["image"], "--class", "road", "--pixel",
+                    "1,1", "--out", tmp_path / "e"],
+        "resume": ["train", "--resume", "--out", tmp_path / "run"],
+    }[command]
+    code, _, err = run_cli(args, capsys)
+    assert_one_error(code, err)
+    assert code == 2
+    assert ("metadata" in err or "not a SegNet" in err), err
+
+
+def load_file_all(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def test_resume_refuses_a_checkpoint_with_nan_weights(f, capsys, tmp_path):
+    from segscope.checkpoint import read_header
+
+    run = _run_copy(f, tmp_path)
+    path = run / "checkpoint.safetensors"
+    header, tensors = read_header(path), load_file_all(path)
+    tensors["conv1_1.conv.weight"][0, 0, 0, 0] = float("nan")
+    save_file(tensors, str(path), metadata=header)
+    code, _, err = run_cli(["train", "--resume", "--out", run], capsys)
+    assert_one_error(code, err, "nan or infinite", "conv1_1.conv.weight")
+    # the optimizer state is checked too
+    tensors = load_file_all(f["run"] / "checkpoint.safetensors")
+    momentum = next(k for k in tensors if k.startswith("extra.optim."))
+    tensors[momentum].view(-1)[0] = float("inf")
+    save_file(tensors, str(path), metadata=header)
+    code, _, err = run_cli(["train", "--resume", "--out", run], capsys)
+    assert_one_error(code, err, "nan or infinite", "training state")
+
+
+@pytest.mark.parametrize("model, needles", [
+    (segscope.SegNet(3, width=0.125), ["widths differ", "0.125", "0.0625"]),
+    (segscope.SegNet(5, width=0.0625), ["5 classes", "trains 3"])])
+def test_resume_with_a_checkpoint_of_another_model_says_how_it_differs(f, capsys, tmp_path,
+                                                                       model, needles):
+    from segscope.checkpoint import read_header, write_model_file
+
+    run = _run_copy(f, tmp_path)
+    path = run / "checkpoint.safetensors"
+    header = read_header(path)
+    extra = {k[len("extra."):]: v for k, v in load_file_all(path).items()
+             if k.startswith("extra.")}
+    write_model_file(model, path, {"kind": "checkpoint", "step": 2}, extra_tensors=extra,
+                     extra_metadata={k: v for k, v in header.items() if k != "segscope"})
+    code, _, err = run_cli(["train", "--resume", "--out", run], capsys)
+    assert_one_error(code, err, *needles)
+
+
+def test_full_disk_during_training_is_one_line_and_keeps_the_checkpoint(f, capsys, tmp_path,
+                                                                      monkeypatch):
+    """Writes fail with ENOSPC from the third checkpoint on: one line naming the kept
+    checkpoint; once there is room again, --resume finishes the run."""
+    import contextlib
+
+    import segscope._io
+    import segscope.checkpoint
+    import segscope.training
+    from segscope.checkpoint import read_metadata
+
+    real = segscope._io.atomic_path
+    written = {"checkpoints": 0}
+
+    @contextlib.contextmanager
+    def disk_fills_up(path):
+        with real(path) as tmp:
+            yield tmp  # the temporary file is written, then the disk is full
+            if Path(path).name == "checkpoint.safetensors":
+                written["checkpoints"] += 1
+                if written["checkpoints"] > 2:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp))
+
+    for module in (segscope._io, segscope.checkpoint, segscope.training):
+        monkeypatch.setattr(module, "atomic_path", disk_fills_up)
+    out = tmp_path / "run"
+    args = ["train", "--data", f["synth"], "--iters", "5", "--checkpoint-every", "1",
+            "--out", out, *TRAIN]
+    code, _, err = run_cli(args, capsys)
+    assert_one_error(code, err, "No space left on device", "checkpoint of step 2 is intact",
+                     "--resume")
+    assert code == 2
+    assert read_metadata(out / "checkpoint.safetensors")["step"] == 2
+    assert not list(out.glob(".*.tmp"))
+    monkeypatch.undo()
+    code, _, err = run_cli(["train", "--resume", "--out", out, "-q"], capsys)
+    assert code == 0, err
+    assert read_metadata(out / "model.safetensors")["step"] == 5
+
+
+def test_one_split_is_taken_and_named(f, capsys):
+    code, out, err = run_cli(["evaluate", "-c", f["ckpt"], "--data", f["camvid_test_only"],
+                              "--json"], capsys)
+    assert code == 0, err
+    assert "only the split 'test': using it" in err
+    metrics = json.loads(out)
+    assert metrics["split"] == "test" and metrics["images"] == 1
+
+
+def test_predict_twice_needs_overwrite_and_never_mixes_runs(f, capsys, tmp_path):
+    out = tmp_path / "pred"
+    args = ["predict", "-c", f["ckpt"], f["image"], "--out", out, "-q"]
+    assert run_cli(args, capsys)[0] == 0
+    (out / "stale_pred.png").write_bytes(b"from the first run")
+    code, _, err = run_cli(args, capsys)
+    assert_one_error(code, err, "earlier 'segscope predict' run", "--overwrite")
+    assert "--resume" not in err  # predict has none
+    assert run_cli([*args, "--overwrite"], capsys)[0] == 0
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
+        "image_labels.png", "image_overlay.png", "image_pred.png"]
+    # the user's own folder is never written into
+    assert (f["mine"] / "a_pred.png").read_bytes() == b"the user's own file"

@@ -398,3 +398,74 @@ def test_demo_bad_input(tmp_path, capsys):
     assert capsys.readouterr().err.count("\n") == 1
     (tmp_path / "file").write_text("x")
     assert exit_code(["demo", "--quick", "--out", str(tmp_path / "file"), "-q"]) == 2
+
+
+def _kill_config(out: Path, **kw) -> TrainConfig:
+    return TrainConfig(data=Scenes(8), out=str(out), width=0.0625, iters=12, batch_size=2,
+                       log_every=1, checkpoint_every=1, quiet=True, seed=5, **kw)
+
+
+def _train_in_child(out: Path, resume: bool) -> int:
+    """Fork a process that trains into ``out``; returns its pid."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        code = 0
+        try:
+            train(_kill_config(out, resume=resume))
+        except KeyboardInterrupt:
+            code = 130
+        except BaseException:  # noqa: BLE001 - reported through the exit status
+            import traceback
+
+            (out.parent / f"child-{os.getpid()}.txt").write_text(traceback.format_exc())
+            code = 1
+        os._exit(code)
+    return pid
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_kills_at_random_moments_always_resume_bit_exact(tmp_path):
+    """SIGKILL 20 times (and a quick double Ctrl-C 6 times) at random moments of a run
+    that checkpoints every step: the folder is always resumable, and the run ends with
+    the weights and history of one that was never stopped, bit for bit."""
+    import random
+    import time
+
+    from segscope.outdir import MARKER
+
+    reference = tmp_path / "reference"
+    train(_kill_config(reference))
+    run = tmp_path / "run"
+    rng = random.Random(9)
+    kills = ctrl_c = mid_write = 0
+    while kills < 20 or ctrl_c < 6:
+        double_ctrl_c = ctrl_c < 6 and (kills >= 20 or rng.random() < 0.25)
+        pid = _train_in_child(run, resume=(run / MARKER).exists())
+        time.sleep(rng.uniform(0.0, 0.4))
+        if double_ctrl_c:
+            os.kill(pid, signal.SIGINT)
+            time.sleep(rng.uniform(0.0, 0.05))
+            os.kill(pid, signal.SIGINT)
+        else:
+            os.kill(pid, signal.SIGKILL)
+        _, status = os.waitpid(pid, 0)
+        failures = list(tmp_path.glob("child-*.txt"))
+        assert not failures, failures[0].read_text()
+        if double_ctrl_c:
+            assert os.WIFEXITED(status) and os.WEXITSTATUS(status) in (0, 130), status
+            ctrl_c += 1
+        else:
+            assert os.WIFSIGNALED(status) or os.WEXITSTATUS(status) == 0, status
+            kills += 1
+        mid_write += any(run.glob(".*.tmp"))
+        if (run / CHECKPOINT).exists():  # what --resume reads is whole and consistent
+            header, _ = load_training_state(run)
+            assert load_model(run / CHECKPOINT)[1]["step"] == header["step"]
+    pid = _train_in_child(run, resume=(run / MARKER).exists())
+    _, status = os.waitpid(pid, 0)
+    failures = list(tmp_path.glob("child-*.txt"))
+    assert not failures, failures[0].read_text()
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    assert_same_run(reference, run)
+    print(f"kills {kills}, double Ctrl-C {ctrl_c}, {mid_write} left a temporary file")
+    assert not list(run.glob(".*.tmp"))  # what killed writers left is cleaned up
