@@ -205,8 +205,10 @@ class SegNet(nn.Module):
     def load_vgg16_bn(self, path: str | os.PathLike, imagenet_normalisation: bool = True) -> None:
         """Initialise the encoder from a local VGG16-BN file in torchvision's layout.
 
-        ``path`` is a ``.pth`` state dict (read with ``weights_only=True``, nothing is
-        unpickled) or a ``.safetensors`` file with keys ``features.{i}.weight`` etc. The
+        ``path`` is a ``.safetensors`` file (preferred: no unpickling at all) with keys
+        ``features.{i}.weight`` etc., or a ``.pth`` state dict, read with
+        ``torch.load(weights_only=True)``: torch's restricted unpickler, which admits
+        tensors and plain containers only. The
         classifier is ignored. With ``imagenet_normalisation`` the ImageNet mean/std that
         torchvision's weights expect are folded into ``conv1_1`` so that the model still
         takes images in [0, 1]. Requires ``width=1.0``.
@@ -267,11 +269,17 @@ def _read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     from .data.io import require_file
 
     path = os.fspath(require_file(path, "weights"))
+    with open(path, "rb") as f:
+        head = f.read(4)
+    # torch.save writes a zip archive (or, long ago, a raw pickle); anything else is read
+    # as safetensors, the preferred format, whatever its name.
+    pickled = head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
     try:
-        if path.endswith(".safetensors"):
+        if not pickled:
             from safetensors.torch import load_file
 
             return load_file(path)
+        # Never a full unpickle: weights_only admits tensors and plain containers only.
         state = torch.load(path, map_location="cpu", weights_only=True)
     except SegscopeError:
         raise

@@ -135,6 +135,48 @@ def _vgg_state(width_ok: bool = True) -> dict[str, torch.Tensor]:
     return state
 
 
+def test_vgg16_bn_from_safetensors_equals_pth(tmp_path):
+    from safetensors.torch import save_file
+
+    state = _vgg_state()
+    torch.save(state, tmp_path / "vgg16_bn.pth")
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "vgg16_bn.safetensors"))
+    torch.manual_seed(0)
+    a = SegNet()
+    torch.manual_seed(0)  # the same decoder initialisation
+    b = SegNet()
+    a.load_vgg16_bn(tmp_path / "vgg16_bn.pth")
+    b.load_vgg16_bn(tmp_path / "vgg16_bn.safetensors")
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert torch.equal(x, y), name
+    assert torch.equal(b.conv5_3.conv.weight, state["features.40.weight"])
+
+
+def test_load_model_refuses_non_finite_weights_and_bad_metadata(tmp_path, tiny_segnet):
+    from safetensors.torch import save_file
+
+    from segscope.checkpoint import model_config, read_metadata
+
+    with torch.no_grad():
+        tiny_segnet.conv3_2.bn.running_var[1] = float("nan")
+    path = save_model(tiny_segnet, tmp_path / "nan.safetensors")
+    with pytest.raises(SegscopeError, match=r"NaN or infinite values \(in conv3_2.bn.running_var"):
+        load_model(path)
+    meta = read_metadata(path)
+    assert model_config(meta) == {"num_classes": 3, "width": 0.0625,
+                                  "class_names": ["background", "road", "markings"]}
+    for bad, match in (({**meta, "model": "SegNet"}, "'model' = 'SegNet'"),
+                       ({**meta, "model": {**meta["model"], "width": "1"}}, "width"),
+                       ({**meta, "model": {**meta["model"], "num_classes": True}}, "num_classes"),
+                       ([meta], "JSON list")):
+        with pytest.raises(SegscopeError, match=match):
+            model_config(bad, "x")
+    weird = tmp_path / "weird.safetensors"
+    save_file({"w": torch.zeros(1)}, str(weird), metadata={"segscope": '{"model": 3}'})
+    with pytest.raises(SegscopeError, match="'model' = 3"):
+        load_model(weird)
+
+
 def test_vgg16_bn_import_and_normalisation_folding(tmp_path):
     state = _vgg_state()
     path = tmp_path / "vgg16_bn.pth"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import shutil
 import struct
 import zlib
 from pathlib import Path
@@ -625,3 +626,95 @@ def test_real_camvid(camvid_root):
     # The dataset's README: road 29 % of val pixels, unlabelled 1.7 %.
     assert abs(share[1].item() - 0.29) < 0.02
     assert abs(share[255].item() - 0.017) < 0.005
+
+
+# --------------------------------------------------------------------------------------
+# splits, listings that escape, the registry of kinds
+# --------------------------------------------------------------------------------------
+
+def test_available_and_default_splits(tmp_path):
+    from segscope.data.real import available_splits, default_split
+
+    only_test = tmp_path / "only_test"
+    _camvid(only_test, "test", n=1, listing=False)
+    assert available_splits(only_test) == ["test"]
+    assert default_split(only_test) == ("test", f"{only_test} has only the split 'test': "
+                                        "using it")
+    ds = open_dataset(only_test)
+    assert ds.split == "test" and "only the split 'test'" in ds.split_note and len(ds) == 1
+    both = tmp_path / "both"
+    for split in ("train", "val", "test"):
+        _camvid(both, split, n=1, listing=split != "test")
+    assert available_splits(both) == ["train", "val", "test"]
+    assert default_split(both) == ("val", None)
+    assert default_split(both, purpose="train") == ("train", None)
+    assert open_dataset(both).split_note is None
+    (both / "val.txt").unlink()
+    shutil.rmtree(both / "val")
+    shutil.rmtree(both / "valannot")
+    with pytest.raises(SegscopeError, match="no 'val' split; it has train, test"):
+        open_dataset(both)
+    with pytest.raises(SegscopeError, match="no split 'nope'; it has train, test"):
+        open_dataset(both, split="nope")
+    synth = tmp_path / "synth"
+    (synth / "images").mkdir(parents=True)
+    (synth / "labels").mkdir()
+    (synth / "manifest.json").write_text("{}")
+    assert available_splits(synth) == [] and default_split(synth) == (None, None)
+
+
+def test_camvid_listing_reads_under_its_root_only(tmp_path):
+    _camvid(tmp_path / "camvid", "val", n=1, listing=False)
+    outside = _save(tmp_path / "outside.png", _rgb(0))
+    listing = tmp_path / "camvid" / "val.txt"
+    listing.write_text("../outside.png valannot/0001TP_000000.png\n")
+    with pytest.raises(SegscopeError, match="line 1: ../outside.png points outside"):
+        CamVid(tmp_path / "camvid", "val")
+    listing.write_text(f"{outside} {outside}\n")  # an absolute path is never used as is
+    with pytest.raises(SegscopeError, match="not found under"):
+        CamVid(tmp_path / "camvid", "val")
+    # the tutorial's foreign absolute paths are found by name under the root
+    listing.write_text("/SegNet/CamVid/val/0001TP_000000.png "
+                       "/SegNet/CamVid/valannot/0001TP_000000.png\n")
+    assert CamVid(tmp_path / "camvid", "val").files == [
+        (tmp_path / "camvid" / "val" / "0001TP_000000.png",
+         tmp_path / "camvid" / "valannot" / "0001TP_000000.png")]
+
+
+@pytest.mark.parametrize("folder", ["/etc", "../elsewhere", ""])
+def test_synth_manifest_cannot_name_folders_outside(tmp_path, folder):
+    root = tmp_path / "synth"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    (root / "manifest.json").write_text(json.dumps({"images": folder}))
+    with pytest.raises(SegscopeError, match="not inside the dataset folder"):
+        open_dataset(root)
+
+
+def test_adding_a_dataset_kind_as_docs_extending_says(tmp_path, monkeypatch):
+    """Runs the code of docs/extending.md's "Add a dataset" on a toy folder."""
+    import re
+
+    from segscope.data import real
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "extending.md").read_text()
+    section = doc.split("## Add a dataset", 1)[1].split("\n## ", 1)[0]
+    code = re.search(r"```python\n(.*?)```", section, re.S)[1]
+    root = tmp_path / "my_toy_folder"
+    ids = np.array([[0, 1, 2], [9, 1, 1]], np.uint8)
+    _save(root / "photos" / "a.png", _rgb(3)[:2, :3])
+    _save(root / "masks" / "a.png", ids)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(real, "KINDS", dict(real.KINDS))  # the registration is undone
+    namespace: dict = {}
+    exec(compile(code, "docs/extending.md", "exec"), namespace)
+    assert "toy" in real.data_kinds() and real.detect_kind(root) == "toy"
+    image, label = namespace["image"], namespace["label"]
+    assert image.shape == (3, 2, 3) and label.tolist() == [[0, 1, 2], [255, 1, 1]]
+    assert open_dataset(root, kind="toy").files == [(root / "photos" / "a.png",
+                                                     root / "masks" / "a.png")]
+    with pytest.raises(SegscopeError, match="no splits"):
+        open_dataset(root, split="val")
+    _save(root / "masks" / "a.png", np.full((2, 3), 7, np.uint8))
+    with pytest.raises(SegscopeError, match="contains id 7, which toy masks"):
+        open_dataset(root)[0]

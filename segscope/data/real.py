@@ -927,9 +927,11 @@ def default_split(root: PathLike, kind: str = "auto", purpose: str = "eval"
     """
     root = Path(root).expanduser()
     info = KINDS[_kind_of(root, kind)]
+    if info.splits is None:
+        return None, None
     want = info.train_split if purpose == "train" else info.eval_split
-    if info.splits is None or want is None:
-        return want, None
+    if want is None:
+        return None, None
     have = info.splits(root)
     if not have or want in have:
         return want, None
