@@ -122,12 +122,22 @@ def claim_output(
         raise SegscopeError(
             f"cannot write into {flag} folder {out}: {exc.strerror or exc}") from None
     if not (resume and mark is not None):
-        write_json(out / MARKER, {
-            "command": command,
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "settings": settings or {},
-        })
+        mark_output(out, command, settings)
     return out
+
+
+def mark_output(folder: str | os.PathLike, command: str,
+                settings: dict[str, Any] | None = None) -> Path:
+    """Write the mark saying that ``folder`` holds a run of ``segscope COMMAND``.
+
+    :func:`claim_output` calls it; a command calls it itself only to adopt a folder it
+    can prove is its own (e.g. a training run written before folders were marked).
+    """
+    return write_json(Path(folder) / MARKER, {
+        "command": command,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "settings": settings or {},
+    })
 
 
 def check_out_path(path: str | os.PathLike, flag: str = "--out") -> Path:

@@ -470,6 +470,23 @@ def _check_same_model(meta: dict[str, Any], header: dict[str, Any], path: Path) 
                             f"segscope trains {len(ROAD3)} ({', '.join(ROAD3)})")
 
 
+def adopt_unmarked_run(out: Path) -> bool:
+    """Mark ``out`` as a train run when it holds a training checkpoint but no mark (runs
+    of versions before the output-folder rule), so that ``--resume`` continues it."""
+    from .outdir import mark_output, read_marker
+
+    out = Path(out)
+    if read_marker(out) is not None or not (out / CHECKPOINT).is_file():
+        return False
+    try:
+        has_state = STATE_KEY in read_header(out / CHECKPOINT) or (out / STATE).is_file()
+    except SegscopeError:
+        return False
+    if has_state:
+        mark_output(out, "train")
+    return has_state
+
+
 def resume_point(out: Path, tensors: bool = True
                  ) -> tuple[dict | None, dict[str, torch.Tensor], dict[str, Any]]:
     """What ``--resume`` continues from: ``(header or None, tensors, saved config)``.
@@ -691,6 +708,7 @@ def train(config: TrainConfig) -> TrainResult:
         if config.overwrite:
             raise SegscopeError("--resume and --overwrite exclude each other")
         if int(os.environ.get("RANK", "0")) == 0:
+            adopt_unmarked_run(out)
             claim_output(out, "train", resume=True)  # only checks: a train run is there
         header, state_tensors, saved = resume_point(out)
         config = _merge_resumed(config, saved)

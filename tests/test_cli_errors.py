@@ -274,6 +274,8 @@ CASES = [
     # sizes and counts
     ("size-zero", "evaluate -c {ckpt} --data {synth} --size 0x5", ["0x5"]),
     ("size-text", "train --data {synth} --iters 1 --size abc --out {dir}/t", ["abc"]),
+    ("size-too-large", "evaluate -c {ckpt} --data {synth} --size 100000x100000",
+     ["too large", "8192"]),
     ("n-negative", "synth --out {dir}/s --n -1", ["--n"]),
     ("synthetic-spec-negative", "evaluate -c {ckpt} --data synthetic:-1", ["at least 1"]),
     ("batch-size-zero", "evaluate -c {ckpt} --data {synth} --batch-size 0", ["--batch-size"]),
@@ -591,3 +593,17 @@ def test_predict_twice_needs_overwrite_and_never_mixes_runs(f, capsys, tmp_path)
         "image_labels.png", "image_overlay.png", "image_pred.png"]
     # the user's own folder is never written into
     assert (f["mine"] / "a_pred.png").read_bytes() == b"the user's own file"
+
+
+@pytest.mark.parametrize("error", [MemoryError(), RuntimeError(
+    "[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory")])
+def test_out_of_memory_is_one_line(f, capsys, monkeypatch, error):
+    import segscope.predict
+
+    def too_big(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(segscope.predict, "evaluate_dataset", too_big)
+    code, _, err = run_cli(["evaluate", "-c", f["ckpt"], "--data", f["synth"]], capsys)
+    assert_one_error(code, err, "out of memory", "--size")
+    assert code == 2

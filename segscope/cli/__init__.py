@@ -105,6 +105,27 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(f"segscope: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "),
                    err=True)
         sys.exit(2)
+    except (MemoryError, RuntimeError) as exc:
+        # Too large an input for this machine is the environment too; any other
+        # RuntimeError is a bug and keeps its traceback.
+        if not _out_of_memory(exc):
+            raise
+        click.echo("segscope: error: out of memory "
+                   f"({_first_line(exc) or 'the input is too large'}); use a smaller --size, "
+                   "--batch-size or --width", err=True)
+        sys.exit(2)
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, MemoryError):
+        return True
+    text = str(exc).lower()
+    return "out of memory" in text or "can't allocate memory" in text
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:160] if lines else ""
 
 
 def _one_line(exc: SegscopeError) -> str:

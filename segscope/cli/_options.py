@@ -27,7 +27,13 @@ def parse_size(text: str) -> tuple[int, int]:
         raise SegscopeError(f"size must be HxW, e.g. 360x480, got {text!r}") from None
     if h < 1 or w < 1:
         raise SegscopeError(f"size must be positive, got {text!r}")
+    if max(h, w) > MAX_SIDE:
+        raise SegscopeError(f"size {text} is too large: at most {MAX_SIDE} pixels a side")
     return h, w
+
+
+#: The largest image side ``--size`` accepts (a 8192x8192 float image is 0.8 GB already).
+MAX_SIDE = 8192
 
 
 def dataset_kind_options(func):

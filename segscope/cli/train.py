@@ -86,7 +86,7 @@ def train(ctx: click.Context, **kw) -> None:
     Multi-GPU / multi-process: torchrun --nproc_per_node=N -m segscope.cli train ...
     """
     from ..outdir import check_out_path, claim_output
-    from ..training import TrainConfig, resume_point
+    from ..training import TrainConfig, adopt_unmarked_run, resume_point
     from ..training import train as run
 
     size = parse_size(kw["size"]) if kw["size"] else None
@@ -94,6 +94,7 @@ def train(ctx: click.Context, **kw) -> None:
         if kw["overwrite"]:
             raise SegscopeError("--resume and --overwrite exclude each other")
         out = check_out_path(kw["out"])
+        adopt_unmarked_run(out)
         claim_output(out, "train", resume=True)  # only checks: a train run is there
         _, _, saved = resume_point(out, tensors=False)
         for name in _FIXED:
