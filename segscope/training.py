@@ -450,6 +450,10 @@ def _parse_state(raw: str, path: Path) -> dict[str, Any]:
         if not isinstance(value, kind) or isinstance(value, bool):
             raise SegscopeError(f"{path}: the training state has {key} = {value!r:.60}, "
                                 "which is not what segscope writes")
+    if not all(isinstance(r, dict) and isinstance(r.get("step"), int)
+               for r in header["history"]):
+        raise SegscopeError(f"{path}: the training state has a history that is not what "
+                            "segscope writes")
     if any(isinstance(w, bool) or not isinstance(w, int | float) or not math.isfinite(w)
            for w in header["class_weights"]):
         raise SegscopeError(f"{path}: the training state has class weights that are not "
@@ -461,7 +465,11 @@ def _check_same_model(meta: dict[str, Any], header: dict[str, Any], path: Path) 
     """The model in a checkpoint must be the network its run trains."""
     model = meta["model"]
     config = header["config"]
-    if config.get("width") is not None and float(model["width"]) != float(config["width"]):
+    width = config.get("width")
+    if isinstance(width, bool) or not isinstance(width, int | float):
+        raise SegscopeError(f"{path}: the training state has width = {width!r:.40}, which "
+                            "is not what segscope writes")
+    if float(model["width"]) != float(width):
         raise SegscopeError(
             f"{path} holds a SegNet of width {model['width']}, but its run trains width "
             f"{config['width']}: the widths differ, it is not this run's checkpoint")
@@ -616,7 +624,50 @@ def _write_failure(out: Path, exc: OSError) -> str:
     return f"{what}: {exc.strerror or exc}{kept}"
 
 
+#: Types of the settings (a resumed run reads them from a file that may have been edited).
+_INTS = ("iters", "epochs", "batch_size", "warmup", "val_every", "log_every",
+         "checkpoint_every", "seed", "workers", "weight_sample", "limit", "val_limit",
+         "stop_after")
+_FLOATS = ("width", "lr", "momentum", "weight_decay")
+_STRS = ("optimizer", "schedule", "class_weights", "device")
+
+
+def _check_types(c: TrainConfig) -> None:
+    def bad(name: str, value: Any, what: str) -> SegscopeError:
+        return SegscopeError(f"training setting {name.replace('_', '-')} = {value!r:.40} is "
+                             f"not {what}")
+
+    for name in _INTS:
+        v = getattr(c, name)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
+            raise bad(name, v, "a whole number")
+    for name in _FLOATS:
+        v = getattr(c, name)
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+            raise bad(name, v, "a finite number")
+    for name in _STRS:
+        if not isinstance(getattr(c, name), str):
+            raise bad(name, getattr(c, name), "a word")
+    for name in ("channels_last", "bf16"):
+        if not isinstance(getattr(c, name), bool):
+            raise bad(name, getattr(c, name), "true or false")
+    for name in ("split", "val_split", "pretrained"):
+        if getattr(c, name) is not None and not isinstance(getattr(c, name), str | os.PathLike):
+            raise bad(name, getattr(c, name), "a name")
+    if c.size is not None:
+        _check_size(c.size)
+    if not 0 < c.width <= 4:
+        raise SegscopeError(f"width must be in (0, 4], got {c.width}")
+
+
+def _check_size(size: Any) -> None:
+    if not (isinstance(size, tuple | list) and len(size) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
+        raise SegscopeError(f"training setting size = {size!r:.40} is not (height, width)")
+
+
 def _check_config(c: TrainConfig) -> None:
+    _check_types(c)
     if c.iters is None and c.epochs is None:
         raise SegscopeError("give the length of training: --iters N or --epochs N")
     if c.iters is not None and c.epochs is not None:
@@ -651,7 +702,7 @@ def _merge_resumed(new: TrainConfig, saved: dict[str, Any]) -> TrainConfig:
     for key in ("data", "val_data"):  # dataset objects cannot round-trip through JSON
         if not isinstance(getattr(new, key), str | os.PathLike | None):
             merged[key] = getattr(new, key)
-    if merged.get("size") is not None:
+    if isinstance(merged.get("size"), list):
         merged["size"] = tuple(merged["size"])
     return TrainConfig(**merged)
 

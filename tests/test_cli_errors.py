@@ -607,3 +607,29 @@ def test_out_of_memory_is_one_line(f, capsys, monkeypatch, error):
     code, _, err = run_cli(["evaluate", "-c", f["ckpt"], "--data", f["synth"]], capsys)
     assert_one_error(code, err, "out of memory", "--size")
     assert code == 2
+
+
+@pytest.mark.parametrize("edit, needle", [
+    ({"config": {"width": "wide"}}, "width"),
+    ({"config": {"iters": "ten"}}, "iters"),
+    ({"config": {"size": 5}}, "size"),
+    ({"config": {"lr": None}}, "lr"),
+    ({"history": [1, 2]}, "history"),
+    ({"step": "2"}, "step"),
+    ({"optimizer": {"param_groups": "x"}}, "does not fit"),
+    ({"rng": {"numpy": 3}}, "does not fit"),
+])
+def test_resume_of_an_edited_training_state_is_one_line(f, capsys, tmp_path, edit, needle):
+    from segscope.checkpoint import read_header
+
+    run = _run_copy(f, tmp_path)
+    path = run / "checkpoint.safetensors"
+    header = read_header(path)
+    state = json.loads(header["segscope_train_state"])
+    for key, value in edit.items():
+        state[key] = {**state[key], **value} if isinstance(value, dict) else value
+    header["segscope_train_state"] = json.dumps(state)
+    save_file(load_file_all(path), str(path), metadata=header)
+    code, _, err = run_cli(["train", "--resume", "--out", run], capsys)
+    assert_one_error(code, err, needle)
+    assert code == 2
