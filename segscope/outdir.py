@@ -89,6 +89,8 @@ def claim_output(
         raise SegscopeError("--resume and --overwrite exclude each other")
     out = check_out_path(path, flag)
     _refuse_inputs_inside(out, inputs, flag)
+    if out.is_dir():
+        _lock(out, flag)
     entries = _entries(out) if out.is_dir() else []
     mark = read_marker(out) if entries else None
     # A folder that holds nothing but the mark of the same command (a run stopped
@@ -121,6 +123,7 @@ def claim_output(
     except OSError as exc:
         raise SegscopeError(
             f"cannot write into {flag} folder {out}: {exc.strerror or exc}") from None
+    _lock(out, flag)
     if not (resume and mark is not None):
         mark_output(out, command, settings)
     return out
@@ -163,6 +166,35 @@ def _refuse_inputs_inside(out: Path, inputs: Iterable[str | os.PathLike], flag: 
         if where == root or root in where.parents:
             raise SegscopeError(
                 f"{flag} {out} holds the input {source}; write into another folder")
+
+
+#: Folders this process writes into -> the open descriptor that holds their lock.
+_LOCKS: dict[Path, int] = {}
+
+
+def _lock(folder: Path, flag: str) -> None:
+    """Hold an exclusive lock on ``folder`` for as long as this process lives (the
+    kernel drops it at exit, also after SIGKILL), so that two processes never write into
+    the same output folder at once (say, a ``--resume`` started while the run goes on)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on Windows
+        return
+    key = folder.resolve()
+    old = _LOCKS.pop(key, None)
+    if old is not None:  # this process claims its folder again (a second command in-process)
+        os.close(old)
+    try:
+        fd = os.open(key, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise SegscopeError(f"another process is writing into {flag} {folder}; wait until it "
+                            "ends or choose another folder") from None
+    _LOCKS[key] = fd
 
 
 def _entries(folder: Path) -> list[str]:

@@ -37,6 +37,11 @@ def predict_scores(model: nn.Module, images: torch.Tensor, device: torch.device 
         images = images.contiguous(memory_format=torch.channels_last)
     with autocast(device, bf16):
         scores = model(images)
+    if not bool(torch.isfinite(scores).all()):
+        # argmax over NaN picks a class all the same: a silently wrong picture or score
+        what = "the images hold NaN or infinite values" if not bool(
+            torch.isfinite(images).all()) else "the model's weights or inputs are not finite"
+        raise SegscopeError(f"the model's class scores are NaN or infinite ({what})")
     return scores.float()
 
 

@@ -788,6 +788,10 @@ def _run(config: TrainConfig, d: _Dist, out: Path, header: dict | None,
 
     train_set = _open(config.data, config.split, "train", config.size, config.limit)
     val_set = _open(config.val_data, config.val_split, "eval", config.size, config.val_limit)
+    for dataset in (train_set, val_set):
+        note = getattr(dataset, "split_note", None)
+        if note and d.main and not config.quiet:
+            print(f"segscope: {note}", file=sys.stderr)
     if len(train_set) < config.batch_size * d.world:
         raise SegscopeError(
             f"the training set has {len(train_set)} images, fewer than one batch "

@@ -69,3 +69,22 @@ def test_cli_help_lists_commands():
 def test_cli_unknown_command_fails_cleanly():
     out = run_cli("frobnicate")
     assert out.returncode != 0 and "Traceback" not in out.stderr
+
+
+def test_scores_that_are_not_finite_are_refused(tiny_segnet):
+    """argmax over NaN still picks a class: predictions and scores stop instead."""
+    import torch
+
+    from segscope.errors import SegscopeError
+    from segscope.predict import evaluate_dataset, predict_labels
+
+    image = torch.rand(1, 3, 32, 32)
+    assert predict_labels(tiny_segnet, image).shape == (1, 32, 32)
+    image[0, 1, 5, 5] = float("nan")
+    with pytest.raises(SegscopeError, match="images hold NaN or infinite"):
+        predict_labels(tiny_segnet, image)
+    with torch.no_grad():
+        tiny_segnet.conv1_1.conv.bias[0] = float("inf")
+    data = [(torch.rand(3, 32, 32), torch.zeros(32, 32, dtype=torch.int64))]
+    with pytest.raises(SegscopeError, match="weights or inputs are not finite"):
+        evaluate_dataset(tiny_segnet, data)

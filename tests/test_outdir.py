@@ -51,3 +51,27 @@ def test_resume_of_nothing_and_bad_paths(tmp_path):
         claim_output(tmp_path / "dangling", "train")
     with pytest.raises(SegscopeError, match="exclude each other"):
         claim_output(tmp_path / "x", "train", resume=True, overwrite=True)
+
+
+def test_a_folder_in_use_by_another_process_is_refused(tmp_path):
+    """Two processes never write into one folder: a --resume started while the run
+    goes on stops at once."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("fcntl")
+    out = tmp_path / "run"
+    code = ("import sys, time; from segscope.outdir import claim_output; "
+            "claim_output(sys.argv[1], 'train'); print('claimed', flush=True); time.sleep(60)")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen([sys.executable, "-c", code, str(out)], stdout=subprocess.PIPE,
+                            text=True, env=env)
+    try:
+        assert proc.stdout.readline().strip() == "claimed"
+        with pytest.raises(SegscopeError, match="another process is writing into"):
+            claim_output(out, "train", resume=True)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert claim_output(out, "train", resume=True) == out  # the lock went with the process
