@@ -57,21 +57,26 @@ def test_a_folder_in_use_by_another_process_is_refused(tmp_path):
     """Two processes never write into one folder: a --resume started while the run
     goes on stops at once."""
     import os
-    import subprocess
-    import sys
+    import signal
 
     pytest.importorskip("fcntl")
+    if not hasattr(os, "fork"):
+        pytest.skip("needs os.fork")
     out = tmp_path / "run"
-    code = ("import sys, time; from segscope.outdir import claim_output; "
-            "claim_output(sys.argv[1], 'train'); print('claimed', flush=True); time.sleep(60)")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    proc = subprocess.Popen([sys.executable, "-c", code, str(out)], stdout=subprocess.PIPE,
-                            text=True, env=env)
+    ready, go = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the other process: claims the folder, then waits
+        try:
+            claim_output(out, "train")
+            os.write(go, b"1")
+            signal.pause()
+        finally:
+            os._exit(0)
     try:
-        assert proc.stdout.readline().strip() == "claimed"
+        assert os.read(ready, 1) == b"1"
         with pytest.raises(SegscopeError, match="another process is writing into"):
             claim_output(out, "train", resume=True)
     finally:
-        proc.kill()
-        proc.wait()
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
     assert claim_output(out, "train", resume=True) == out  # the lock went with the process
