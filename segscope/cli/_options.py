@@ -19,20 +19,22 @@ def device_option(func):
     )(func)
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    """``"360x480"`` -> (360, 480) as (H, W)."""
+def parse_size(text: str, max_side: int | None = None) -> tuple[int, int]:
+    """``"360x480"`` -> (360, 480) as (H, W); larger than ``max_side`` a side is refused
+    (a model run at such a size would exhaust memory; see :data:`MAX_SIDE`)."""
     try:
         h, w = (int(v) for v in text.lower().split("x"))
     except ValueError:
         raise SegscopeError(f"size must be HxW, e.g. 360x480, got {text!r}") from None
     if h < 1 or w < 1:
         raise SegscopeError(f"size must be positive, got {text!r}")
-    if max(h, w) > MAX_SIDE:
-        raise SegscopeError(f"size {text} is too large: at most {MAX_SIDE} pixels a side")
+    if max_side is not None and max(h, w) > max_side:
+        raise SegscopeError(f"size {text} is too large: at most {max_side} pixels a side")
     return h, w
 
 
-#: The largest image side ``--size`` accepts (a 8192x8192 float image is 0.8 GB already).
+#: The largest image side that evaluate, predict and train resize to (one 8192x8192
+#: float image is 0.8 GB; SegNet's activations need a hundred times that).
 MAX_SIDE = 8192
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from ._options import (
+    MAX_SIDE,
     dataset_kind_options,
     device_option,
     overwrite_option,
@@ -62,7 +63,7 @@ def evaluate(checkpoint, data, split, data_kind, id_map, size, limit, batch_size
             f"{checkpoint} predicts {len(model.class_names)} classes "
             f"({', '.join(model.class_names)}); datasets are scored on ROAD3 "
             f"({', '.join(ROAD3)})")
-    dataset = open_dataset(data, split=split, size=parse_size(size) if size else None,
+    dataset = open_dataset(data, split=split, size=parse_size(size, MAX_SIDE) if size else None,
                            limit=limit, kind=data_kind, id_map=id_map)
     if len(dataset) == 0:
         raise SegscopeError(f"no images to score in {data}")

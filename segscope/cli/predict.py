@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ._options import device_option, overwrite_option, parse_size
+from ._options import MAX_SIDE, device_option, overwrite_option, parse_size
 
 
 @click.command("predict")
@@ -38,7 +38,7 @@ def predict(checkpoint, inputs, out, overwrite, size, alpha, device, quiet) -> N
 
     if not 0.0 <= alpha <= 1.0:
         raise SegscopeError(f"--alpha must be in [0, 1], got {alpha}")
-    shape = parse_size(size) if size else None
+    shape = parse_size(size, MAX_SIDE) if size else None
     files = find_images(inputs)  # bad inputs fail before the model is read
     dev = resolve_device(device)
     model, _ = load_model(checkpoint, map_location=dev)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ..errors import SegscopeError
-from ._options import device_option, overwrite_option, parse_size
+from ._options import MAX_SIDE, device_option, overwrite_option, parse_size
 
 #: Option names whose value, when given on the command line together with --resume,
 #: must agree with the interrupted run (they change the result).
@@ -89,7 +89,7 @@ def train(ctx: click.Context, **kw) -> None:
     from ..training import TrainConfig, adopt_unmarked_run, resume_point
     from ..training import train as run
 
-    size = parse_size(kw["size"]) if kw["size"] else None
+    size = parse_size(kw["size"], MAX_SIDE) if kw["size"] else None
     if kw["resume"]:
         if kw["overwrite"]:
             raise SegscopeError("--resume and --overwrite exclude each other")
