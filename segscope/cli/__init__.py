@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "report": ("segscope.cli.report", "report", "Rebuild report.html from a study folder."),
     "demo": ("segscope.cli.demo", "demo", "The whole study on built-in synthetic data."),
     "ablate": ("segscope.cli.ablate", "ablate", "One model per synthetic-data factor setting."),
+    "explore": ("segscope.cli.explore", "explore", "Explain decisions in a local web page."),
 }
 
 
