@@ -83,6 +83,10 @@ def test_pixel_lrp_served_equals_python_api(server):
         pytest.approx(out["output_total"], rel=1e-4)
     assert out["output_total"] == pytest.approx(1.0)
     # the layer grid and the feature values are those of the kept layers
+    status, layers = request(f"{url}/api/results/{out['id']}/layers.json")
+    assert status == 200 and [x["name"] for x in layers["layers"]][:2] == ["conv1_1_D",
+                                                                          "conv1_2_D"]
+    assert len(layers["layers"]) == 37 and layers["layers"][-1]["name"] == "data"
     _, layer = request(f"{url}/api/results/{out['id']}/layer/conv2_1.npy")
     np.testing.assert_allclose(npy(layer), A.layer_sum(ref.layers["conv2_1"]), rtol=1e-4,
                                atol=1e-7)
@@ -236,6 +240,7 @@ def test_feature_separation_sums_to_the_heatmap_and_cancels(server):
     status, png = request(f"{url}/api/jobs/{job['id']}/feature/0.png")
     assert status == 200 and png[:4] == b"\x89PNG"
     # cancel: the job stops between two batches of channels
+    request(f"{url}/api/results/{out['id']}/layers.json")  # the fv of every layer, first
     with explorer._lock:  # the job waits for the model: cancel arrives before its 2nd batch
         status, job = request(f"{url}/api/results/{out['id']}/separate",
                               {"layer": "conv3_1", "top": "all"})

@@ -110,11 +110,15 @@ def create_app(explorer: Explorer) -> Starlette:
             raise NotFound("the switch-off curve comes as .npy (and in numbers.json)")
         return _png(_heatmap(r.pixels))
 
+    async def layers(request: Request) -> Response:
+        r = await run_in_threadpool(explorer.layers, request.path_params["rid"])
+        return JSONResponse(_clean({"id": r.id, "layers": r.numbers["layers"]}))
+
     def layer_file(request: Request) -> Response:
         p = request.path_params
-        r = explorer.result(p["rid"])
+        r = explorer.layers(p["rid"])
         if p["layer"] not in r.layers:
-            raise NotFound(f"layer {p['layer']!r} is not in this result (LRP results only)")
+            raise NotFound(f"layer {p['layer']!r} is not in this result")
         m = r.layers[p["layer"]]
         if p["ext"] == "npy":
             return _download(_npy(m), f"segscope-{r.id}-{p['layer']}.npy")
@@ -123,7 +127,8 @@ def create_app(explorer: Explorer) -> Starlette:
     async def profile(request: Request) -> Response:
         body = await _json(request)
         r = explorer.result(request.path_params["rid"])
-        return JSONResponse(_clean(explorer.profile(r, body.get("layer"))))
+        return JSONResponse(_clean(await run_in_threadpool(explorer.profile, r,
+                                                           body.get("layer"))))
 
     async def separate(request: Request) -> Response:
         body = await _json(request)
@@ -169,6 +174,7 @@ def create_app(explorer: Explorer) -> Starlette:
         Route("/api/explain", explain, methods=["POST"]),
         Route("/api/compare", compare, methods=["POST"]),
         Route("/api/results/{rid}/numbers.json", numbers),
+        Route("/api/results/{rid}/layers.json", layers),
         Route("/api/results/{rid}/profile", profile, methods=["POST"]),
         Route("/api/results/{rid}/separate", separate, methods=["POST"]),
         Route("/api/results/{rid}/layer/{layer}.{ext:str}", layer_file),

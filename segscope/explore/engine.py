@@ -56,6 +56,7 @@ class Result:
     layers: dict[str, np.ndarray] = field(default_factory=dict)  # layer-sum maps (h,w)
     fv: dict[str, np.ndarray] = field(default_factory=dict)  # feature values (C,)
     explanation: Any = None  # the LRP Explanation (without its layers), for separation
+    rule: str = ""  # the LRP rule as the page gave it
     curve: A.SwitchOff | None = None
 
 
@@ -250,12 +251,14 @@ class Explorer:
                                       numbers.pop("_selection"), numbers))
 
     def _lrp(self, item_id, image, concept, numbers, st, rule, fv_layer) -> Result:
-        e = lrp(self.model, image, concept, rule=_rule_arg(rule), keep="all", state=st)
-        order = [n for n in reversed(self.layer_names) if n in e.layers] or list(e.layers)
-        sums = {n: A.layer_sum(e.layers[n]).astype(np.float32) for n in order}
-        fv = {n: A.feature_values(e.layers[n]).astype(np.float32) for n in order}
-        e.layers = {}  # the maps are summarised: do not hold every layer in memory
-        absorbed = {n: e.absorbed[n] for n in order if n in e.absorbed}
+        # The click keeps one layer (the fv profile's): the heatmap comes first, and the
+        # layer grid sweeps again with every layer kept when the page asks (layers()).
+        fv_layer = self._fv_layer(fv_layer)
+        e = lrp(self.model, image, concept, rule=_rule_arg(rule), keep=[fv_layer], state=st)
+        fv = {fv_layer: _feature_values(e.layers[fv_layer])}
+        e.layers = {}
+        names = [n for n in reversed(self.layer_names) if n in e.absorbed]
+        absorbed = {n: e.absorbed[n] for n in names}
         absorbed.update({n: v for n, v in e.absorbed.items() if n not in absorbed})
         total = e.output_total
         numbers.update(
@@ -264,23 +267,46 @@ class Explorer:
             share_reaching_pixels=A.share_reaching_input(e.input_total, total),
             absorbed=absorbed, absorbed_total=float(sum(absorbed.values())),
             absorbed_share=A.share_reaching_input(float(sum(absorbed.values())), total),
-            layers=[{"name": n, "total": float(sums[n].sum(dtype=np.float64)),
-                     "shape": list(sums[n].shape)} for n in order],
         )
         pixels = e.pixels.detach().float().cpu().numpy()
         r = Result(_new_id(), item_id, "lrp", image, pixels, numbers.pop("_selection"),
-                   numbers, layers=sums, fv=fv, explanation=e)
+                   numbers, fv=fv, explanation=e, rule=rule)
         self.profile(r, fv_layer)
         return self._store(r)
+
+    def layers(self, result_id: str) -> Result:
+        """Every layer's layer-sum map (eq 9.1, §9.4) and feature values (eq 9.3) of an
+        LRP result: one more sweep with all layers kept, once per result."""
+        r = self.result(result_id)
+        if r.method != "lrp" or r.explanation is None:
+            raise SegscopeError("the layer-wise view needs an LRP explanation (method lrp)")
+        with self._lock:
+            if r.layers:
+                return r
+            e = lrp(self.model, r.image, r.explanation.concept, rule=_rule_arg(r.rule),
+                    keep="all", state=r.explanation.state)
+            order = [n for n in reversed(self.layer_names) if n in e.layers] or list(e.layers)
+            sums = {n: _layer_sum(e.layers[n]) for n in order}
+            r.fv.update({n: _feature_values(e.layers[n]) for n in order})
+            r.numbers["layers"] = [{"name": n, "total": float(sums[n].sum(dtype=np.float64)),
+                                    "shape": list(sums[n].shape)} for n in order]
+            r.layers = sums
+        return r
+
+    def _fv_layer(self, layer: Any) -> str:
+        layer = str(layer or self.info()["fv_layer"])
+        if layer == "data" or (self.layer_names and layer not in self.layer_names):
+            raise SegscopeError(f"unknown layer {layer!r} for feature values; choose one of "
+                                f"{self.layer_names[1]}, ..., {self.layer_names[-1]}")
+        return layer
 
     def profile(self, r: Result, layer: str | None) -> dict[str, Any]:
         """Set the result's feature-value profile (§9.6) to ``layer``; returns it."""
         if r.method != "lrp":
             raise SegscopeError("feature values need an LRP explanation (method lrp)")
-        layer = str(layer or self.info()["fv_layer"])
+        layer = self._fv_layer(layer)
         if layer not in r.fv:
-            raise SegscopeError(f"unknown layer {layer!r}; choose one of "
-                                f"{', '.join(list(r.fv)[:3])}, ...")
+            self.layers(r.id)
         fv = r.fv[layer]
         top = A.rank_features(fv)[:TOP_FEATURES]
         r.numbers["fv"] = {"layer": layer, "values": [float(v) for v in fv],
@@ -378,11 +404,12 @@ class Explorer:
         if not isinstance(request, Mapping):
             raise SegscopeError("the request must be a JSON object")
         one = {k: v for k, v in request.items() if k not in ("a", "b")}
-        a = self.explain({**one, "image": str(request.get("a", "")), "method": "lrp"})
+        a = self.layers(self.explain({**one, "image": str(request.get("a", "")),
+                                      "method": "lrp"}).id)
         # The same class on both images, also when the page said "predicted".
         concept = {**(one.get("concept") or {}), "class": a.numbers["concept"]["class"]}
-        b = self.explain({**one, "concept": concept, "image": str(request.get("b", "")),
-                          "method": "lrp"})
+        b = self.layers(self.explain({**one, "concept": concept,
+                                      "image": str(request.get("b", "")), "method": "lrp"}).id)
         order = [n for n in a.fv if n in b.fv]
         div = A.profile_divergence(a.fv, b.fv, order)
         return {"a": a.numbers, "b": b.numbers,
@@ -395,9 +422,9 @@ class Explorer:
         r = self.result(result_id)
         if r.method != "lrp" or r.explanation is None:
             raise SegscopeError("feature separation needs an LRP explanation (method lrp)")
-        layer = str(layer or r.numbers.get("fv", {}).get("layer") or self.info()["fv_layer"])
-        if layer not in r.fv or layer == "data":
-            raise SegscopeError(f"unknown layer {layer!r} for feature separation")
+        layer = self._fv_layer(layer or r.numbers.get("fv", {}).get("layer"))
+        if layer not in r.fv:
+            self.layers(r.id)
         order = A.rank_features(r.fv[layer])
         if top == "all":
             n = order.size
@@ -443,6 +470,18 @@ class Explorer:
 
 
 # -- helpers -------------------------------------------------------------------------------
+def _layer_sum(relevance: torch.Tensor) -> np.ndarray:
+    """eq 9.1 on the kept float32 layer, summed in float32 (as fast as the sweep itself;
+    :func:`segscope.analysis.layer_sum` would copy the whole layer to float64 first)."""
+    return relevance.float().sum(0).numpy()
+
+
+def _feature_values(relevance: torch.Tensor) -> np.ndarray:
+    """eq 9.3 from the per-channel totals, accumulated in float64."""
+    totals = relevance.flatten(1).sum(1, dtype=torch.float64)
+    return A.feature_values(totals.numpy()[:, None, None]).astype(np.float32)
+
+
 def _new_id() -> str:
     return uuid.uuid4().hex[:12]
 

@@ -288,15 +288,22 @@ async function showResult(r) {
   });
   document.querySelectorAll(".lrp-only").forEach((e) => { e.hidden = r.method !== "lrp"; });
   drawSwitchOff(r);
+  $("layer-grid").innerHTML = "";
   if (r.method === "lrp") {
     drawAbsorbed(r);
     drawProfile(r.fv);
-    drawLayerGrid(r);
   }
   $("separated").innerHTML = ""; $("sep-status").textContent = "";
   $("result").dataset.rid = r.id;
   $("result").dataset.method = r.method;
   document.body.dataset.result = r.id;
+  if (r.method === "lrp") {
+    // the heatmap is shown; the layer-by-layer view needs one more sweep
+    $("layer-grid").textContent = "computing every layer…";
+    api(`/api/results/${r.id}/layers.json`).then((L) => {
+      if (S.result && S.result.id === r.id) drawLayerGrid(r.id, L.layers);
+    }).catch(() => { $("layer-grid").textContent = ""; });
+  }
 }
 
 // -- charts (SVG) ---------------------------------------------------------------------------
@@ -380,12 +387,12 @@ function drawProfile(fv) {
   t.appendChild(el("span", {class: "muted"}, ` (fv sums to ${n}: a feature with an average share has fv 1)`));
 }
 
-function drawLayerGrid(r) {
+function drawLayerGrid(rid, layers) {
   const g = $("layer-grid");
   g.innerHTML = "";
-  for (const L of r.layers) {
+  for (const L of layers) {
     const f = el("figure");
-    const img = el("img", {src: `/api/results/${r.id}/layer/${L.name}.png`, alt: L.name, title: `${L.name} ${L.shape.join("×")}`});
+    const img = el("img", {src: `/api/results/${rid}/layer/${L.name}.png`, alt: L.name, title: `${L.name} ${L.shape.join("×")}`});
     f.appendChild(img);
     f.appendChild(el("figcaption", {}, `${L.name} ΣR=${fmt(L.total)}`));
     g.appendChild(f);
