@@ -13,6 +13,7 @@ import json
 import math
 import os
 import tempfile
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +26,8 @@ from ..errors import SegscopeError
 
 #: Largest upload accepted (bytes); larger bodies are refused before they are read whole.
 MAX_UPLOAD = 20 * 1024 * 1024
+#: Largest upload in pixels (H*W): explaining a larger picture would take minutes.
+MAX_UPLOAD_PIXELS = 4096 * 4096
 #: Decoded images kept in memory (the rest are read again when shown).
 CACHED_IMAGES = 16
 
@@ -90,6 +93,7 @@ class Catalog:
         self._cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor | None]] = OrderedDict()
         self._by_path: dict[Path, str] = {}
         self._uploads = 0
+        self._lock = threading.RLock()  # the server answers from several threads
         self._upload_dir: tempfile.TemporaryDirectory | None = None
         for n, spec in enumerate(data):
             self._add_source(n, str(spec), kind, id_map)
@@ -228,20 +232,25 @@ class Catalog:
     def load(self, item_id: str) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(image (3,H,W), label (H,W) or None) of ``item_id``, cached."""
         item = self.get(item_id)
-        if item_id in self._cache:
-            self._cache.move_to_end(item_id)
-            return self._cache[item_id]
-        image, label = item.load()
-        if not bool(torch.isfinite(image).all()):
-            raise SegscopeError(f"image {item.name} holds NaN or infinite values")
-        pair = (image.float().contiguous(), None if label is None else label.long())
-        self._cache[item_id] = pair
-        while len(self._cache) > CACHED_IMAGES:
-            self._cache.popitem(last=False)
-        return pair
+        with self._lock:
+            if item_id in self._cache:
+                self._cache.move_to_end(item_id)
+                return self._cache[item_id]
+            image, label = item.load()
+            if not bool(torch.isfinite(image).all()):
+                raise SegscopeError(f"image {item.name} holds NaN or infinite values")
+            pair = (image.float().contiguous(), None if label is None else label.long())
+            self._cache[item_id] = pair
+            while len(self._cache) > CACHED_IMAGES:
+                self._cache.popitem(last=False)
+            return pair
 
     def open_path(self, text: str) -> Item:
         """Add the image file ``text`` (absolute, or relative to a given folder)."""
+        with self._lock:
+            return self._open_path(text)
+
+    def _open_path(self, text: str) -> Item:
         text = str(text).strip()
         if not text:
             raise SegscopeError("no path given")
@@ -261,6 +270,10 @@ class Catalog:
 
     def add_upload(self, data: bytes, name: str = "upload") -> Item:
         """Decode an uploaded picture with the CLI's checks and add it."""
+        with self._lock:
+            return self._add_upload(data, name)
+
+    def _add_upload(self, data: bytes, name: str) -> Item:
         from ..data.io import IMAGE_SUFFIXES
         from ..predict import load_image
 
@@ -283,6 +296,10 @@ class Catalog:
             tmp.unlink(missing_ok=True)
             raise SegscopeError(str(exc).replace(str(tmp), f"upload {safe or 'file'}")) from None
         tmp.unlink(missing_ok=True)  # decoded: nothing of it stays on disk
+        h, w = image.shape[-2:]
+        if h * w > MAX_UPLOAD_PIXELS:
+            raise TooLarge(f"upload of {h}x{w} pixels is over the limit of "
+                           f"{MAX_UPLOAD_PIXELS} pixels; resize it first")
         item = Item(f"u{self._uploads}", safe or f"upload {self._uploads}", "uploads",
                     lambda: (image, None))
         return self._add(item)

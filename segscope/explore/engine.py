@@ -39,7 +39,7 @@ CURVE_POINTS = 201
 #: Features listed as "top" of a feature-value profile.
 TOP_FEATURES = 8
 #: Channels separated per batch: the job's progress and cancel granularity.
-SEPARATION_BATCH = 8
+SEPARATION_BATCH = 16
 
 
 @dataclass(eq=False)
@@ -445,14 +445,16 @@ class Explorer:
 
     def _run_job(self, job: Job, r: Result) -> None:
         try:
+            with self._lock:  # the layer's relevance once, not once per batch
+                e = lrp(self.model, r.image, r.explanation.concept, rule=_rule_arg(r.rule),
+                        keep=[job.layer], state=r.explanation.state)
             for lo in range(0, len(job.channels), SEPARATION_BATCH):
                 if job.cancel.is_set():
                     job.status = "cancelled"
                     return
                 chans = job.channels[lo: lo + SEPARATION_BATCH]
                 with self._lock:  # a click between two batches is answered at once
-                    fm = separate_features(self.model, r.image, r.explanation, job.layer,
-                                           channels=chans)
+                    fm = separate_features(self.model, r.image, e, job.layer, channels=chans)
                 job.maps[lo: lo + len(chans)] = fm.pixels.float().numpy()
                 job.totals[lo: lo + len(chans)] = fm.totals.float().numpy()
                 job.done = lo + len(chans)
