@@ -59,7 +59,7 @@ async function init() {
   S.info = await api("/api/info");
   const I = S.info;
   $("model-info").textContent = `${I.classes.join(" / ")} · ${I.device}`;
-  option($("concept-class"), "predicted", "predicted (at the concept)");
+  option($("concept-class"), "predicted", "predicted");
   I.classes.forEach((c) => option($("concept-class"), c));
   I.assignments.forEach((a) => option($("assign"), a));
   I.methods.forEach((m) => option($("method"), m, METHOD_NAMES[m] || m));
@@ -69,6 +69,7 @@ async function init() {
   $("cam-layer").value = I.gradcam_layer;
   I.layers.forEach((l) => option($("fv-layer"), l));
   $("fv-layer").value = I.fv_layer;
+  updateControls();
   await loadList();
   const first = (S.listing.diagnosis[0] || S.listing.items[0]);
   if (first) await openImage(first.id);
@@ -346,7 +347,9 @@ function bars(svg, values, opts = {}) {
   const {H, iw, ih} = axes(svg, m, opts.xlabel, opts.ylabel);
   const series = opts.series || [values];
   const all = series.flat().filter((v) => v !== null);
-  const lo = Math.min(0, ...all), hi = Math.max(0, ...all) || 1;
+  const hi = Math.max(0, ...all) || 1;
+  let lo = Math.min(0, ...all);
+  if (-lo < 1e-3 * hi) lo = 0;  // float noise below zero: keep the axis at 0
   const y = (v) => H - m.b - (v - lo) / (hi - lo) * ih;
   const n = values.length, bw = iw / n;
   series.forEach((vals, s) => vals.forEach((v, i) => {
