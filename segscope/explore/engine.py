@@ -29,9 +29,9 @@ from ..explain.concepts import ASSIGNMENTS, PREDICTION_KINDS
 from ..explain.rules import RULE_NAMES
 from .catalog import Catalog, NotFound
 
-#: Methods the page offers: LRP first, then the gradient family (not activation
-#: maximization, which explains a class rather than a decision on this image).
-PAGE_METHODS = ("lrp", *(m for m in METHODS if m != "actmax"))
+#: Methods the page offers: all of :data:`segscope.explain.METHODS` but activation
+#: maximization, which explains a class rather than a decision on this image.
+PAGE_METHODS = tuple(m for m in METHODS if m != "actmax")
 #: Concept kinds the page can send.
 CONCEPT_KINDS = ("pixel", "mask", *PREDICTION_KINDS)
 #: Points of the switch-off curve sent to the page (the full curve is in the .npy).
@@ -136,7 +136,7 @@ class Explorer:
     def check_rule(self, rule: str) -> None:
         """Fail now, with one line, on a rule that LRP does not know (a 32x32 trial)."""
         with self._lock:
-            forward_state(self.model, torch.zeros(3, 32, 32), _rule_arg(rule))
+            forward_state(self.model, torch.zeros(3, 32, 32), rule)
 
     def state(self, item_id: str, rule: str | None = None):
         """The cached forward state of an image under ``rule``."""
@@ -147,7 +147,7 @@ class Explorer:
                 self._states.move_to_end(key)
                 return self._states[key]
             image, _ = self.catalog.load(item_id)
-            st = forward_state(self.model, image, _rule_arg(rule))
+            st = forward_state(self.model, image, rule)
             self._states[key] = st
             _trim(self._states, self._sizes["states"])
             return st
@@ -251,12 +251,12 @@ class Explorer:
                                       numbers.pop("_selection"), numbers))
 
     def _lrp(self, item_id, image, concept, numbers, st, rule, fv_layer) -> Result:
-        # The click keeps one layer (the fv profile's): the heatmap comes first, and the
-        # layer grid sweeps again with every layer kept when the page asks (layers()).
-        fv_layer = self._fv_layer(fv_layer)
-        e = lrp(self.model, image, concept, rule=_rule_arg(rule), keep=[fv_layer], state=st)
-        fv = {fv_layer: _feature_values(e.layers[fv_layer])}
-        e.layers = {}
+        # The click keeps the per-channel totals of every layer (fv profiles, computed
+        # inside the sweep); the layer grid, which needs every layer's map, is a second
+        # sweep that the page asks for once the heatmap is shown (layers()).
+        e = lrp(self.model, image, concept, rule=rule, keep="totals", state=st)
+        order = [n for n in reversed(self.layer_names) if n in e.totals] or list(e.totals)
+        fv = {n: e.feature_values(n).numpy() for n in order}
         names = [n for n in reversed(self.layer_names) if n in e.absorbed]
         absorbed = {n: e.absorbed[n] for n in names}
         absorbed.update({n: v for n, v in e.absorbed.items() if n not in absorbed})
@@ -275,19 +275,18 @@ class Explorer:
         return self._store(r)
 
     def layers(self, result_id: str) -> Result:
-        """Every layer's layer-sum map (eq 9.1, §9.4) and feature values (eq 9.3) of an
-        LRP result: one more sweep with all layers kept, once per result."""
+        """Every layer's layer-sum map (eq 9.1, §9.4) of an LRP result: one more sweep
+        with all layers kept, once per result."""
         r = self.result(result_id)
         if r.method != "lrp" or r.explanation is None:
             raise SegscopeError("the layer-wise view needs an LRP explanation (method lrp)")
         with self._lock:
             if r.layers:
                 return r
-            e = lrp(self.model, r.image, r.explanation.concept, rule=_rule_arg(r.rule),
-                    keep="all", state=r.explanation.state)
+            e = lrp(self.model, r.image, r.explanation.concept, rule=r.rule, keep="all",
+                    state=r.explanation.state)
             order = [n for n in reversed(self.layer_names) if n in e.layers] or list(e.layers)
-            sums = {n: _layer_sum(e.layers[n]) for n in order}
-            r.fv.update({n: _feature_values(e.layers[n]) for n in order})
+            sums = {n: e.layer_sum(n).numpy() for n in order}
             r.numbers["layers"] = [{"name": n, "total": float(sums[n].sum(dtype=np.float64)),
                                     "shape": list(sums[n].shape)} for n in order]
             r.layers = sums
@@ -306,7 +305,7 @@ class Explorer:
             raise SegscopeError("feature values need an LRP explanation (method lrp)")
         layer = self._fv_layer(layer)
         if layer not in r.fv:
-            self.layers(r.id)
+            raise SegscopeError(f"layer {layer!r} has no feature values in this result")
         fv = r.fv[layer]
         top = A.rank_features(fv)[:TOP_FEATURES]
         r.numbers["fv"] = {"layer": layer, "values": [float(v) for v in fv],
@@ -404,12 +403,11 @@ class Explorer:
         if not isinstance(request, Mapping):
             raise SegscopeError("the request must be a JSON object")
         one = {k: v for k, v in request.items() if k not in ("a", "b")}
-        a = self.layers(self.explain({**one, "image": str(request.get("a", "")),
-                                      "method": "lrp"}).id)
+        a = self.explain({**one, "image": str(request.get("a", "")), "method": "lrp"})
         # The same class on both images, also when the page said "predicted".
         concept = {**(one.get("concept") or {}), "class": a.numbers["concept"]["class"]}
-        b = self.layers(self.explain({**one, "concept": concept,
-                                      "image": str(request.get("b", "")), "method": "lrp"}).id)
+        b = self.explain({**one, "concept": concept, "image": str(request.get("b", "")),
+                          "method": "lrp"})
         order = [n for n in a.fv if n in b.fv]
         div = A.profile_divergence(a.fv, b.fv, order)
         return {"a": a.numbers, "b": b.numbers,
@@ -424,7 +422,7 @@ class Explorer:
             raise SegscopeError("feature separation needs an LRP explanation (method lrp)")
         layer = self._fv_layer(layer or r.numbers.get("fv", {}).get("layer"))
         if layer not in r.fv:
-            self.layers(r.id)
+            raise SegscopeError(f"layer {layer!r} has no feature values in this result")
         order = A.rank_features(r.fv[layer])
         if top == "all":
             n = order.size
@@ -446,7 +444,7 @@ class Explorer:
     def _run_job(self, job: Job, r: Result) -> None:
         try:
             with self._lock:  # the layer's relevance once, not once per batch
-                e = lrp(self.model, r.image, r.explanation.concept, rule=_rule_arg(r.rule),
+                e = lrp(self.model, r.image, r.explanation.concept, rule=r.rule,
                         keep=[job.layer], state=r.explanation.state)
             for lo in range(0, len(job.channels), SEPARATION_BATCH):
                 if job.cancel.is_set():
@@ -472,18 +470,6 @@ class Explorer:
 
 
 # -- helpers -------------------------------------------------------------------------------
-def _layer_sum(relevance: torch.Tensor) -> np.ndarray:
-    """eq 9.1 on the kept float32 layer, summed in float32 (as fast as the sweep itself;
-    :func:`segscope.analysis.layer_sum` would copy the whole layer to float64 first)."""
-    return relevance.float().sum(0).numpy()
-
-
-def _feature_values(relevance: torch.Tensor) -> np.ndarray:
-    """eq 9.3 from the per-channel totals, accumulated in float64."""
-    totals = relevance.flatten(1).sum(1, dtype=torch.float64)
-    return A.feature_values(totals.numpy()[:, None, None]).astype(np.float32)
-
-
 def _new_id() -> str:
     return uuid.uuid4().hex[:12]
 
@@ -513,21 +499,6 @@ def _int(value: Any, what: str) -> int:
     if not np.isfinite(f) or f != int(f):
         raise SegscopeError(f"{what} must be an integer, got {value!r}")
     return int(f)
-
-
-def _rule_arg(text: str) -> Any:
-    """Rule text as :func:`segscope.explain.lrp` takes it: a name, or per-layer pairs."""
-    text = str(text).strip()
-    if "=" not in text:
-        return text
-    pairs = []
-    for part in text.split(","):
-        if "=" not in part:
-            raise SegscopeError(f"rule: expected layer=rule pairs separated by commas, "
-                                f"got {part.strip()!r}")
-        key, value = (s.strip() for s in part.split("=", 1))
-        pairs.append((key, value))
-    return pairs
 
 
 def _decode_mask(runs: Any, h: int, w: int) -> np.ndarray:
