@@ -6,11 +6,13 @@
 
 Starts the explore server in this process (uvicorn, in a thread) on a synthetic 360x480
 scene and times, as the page does it, a click: ``POST /api/explain`` for one pixel
-(LRP α1β0 with every layer kept for the grid, the fv profile and the switch-off curve)
-followed by ``GET heatmap.png``. Each click is a new pixel on the same image, so the
-cached forward state is reused. Baseline, in the same run and interleaved round by round:
-a plain forward pass of the model on the same image (``torch.no_grad``). Also timed: the
-first click on an image (forward state included) and opening an image (its prediction).
+(LRP α1β0 with every layer's per-channel totals for the fv profiles, the bias shares and
+the switch-off curve) followed by ``GET heatmap.png``. Each click is a new pixel on the
+same image, so the cached forward state is reused. Baseline, in the same run and
+interleaved round by round: a plain forward pass of the model on the same image
+(``torch.no_grad``). Also timed: the layer-by-layer grid the page asks for after the
+heatmap (``GET layers.json``: a second sweep keeping every layer), opening an image (its
+prediction) and the first click on it (forward state included).
 Targets (issue 13): click ≤ 0.5 s at width 0.25, ≤ 3 s at full width, on 2 CPU cores.
 """
 
@@ -66,13 +68,14 @@ def bench(width: float, checkpoint: str | None, size: tuple[int, int], repeats: 
     ids = list(catalog.items)
     image, _ = catalog.load(ids[0])
     x = image[None]
-    times: dict[str, list[float]] = {"forward": [], "click": [], "first click": [],
-                                     "open image": []}
+    times: dict[str, list[float]] = {"forward": [], "click": [], "layer grid": [],
+                                     "open image": [], "first click": []}
     with running(explorer) as url:
-        def click(item: str, k: int) -> None:
+        def click(item: str, k: int) -> str:
             r = post(f"{url}/api/explain", {"image": item, "concept": {
                 "kind": "pixel", "y": (h // 3 + 17 * k) % h, "x": (w // 4 + 29 * k) % w}})
             get(f"{url}/api/results/{r['id']}/heatmap.png")
+            return r["id"]
 
         get(f"{url}/api/images/{ids[0]}")
         click(ids[0], 0)  # warm-up: graph, kernels, allocator
@@ -84,8 +87,11 @@ def bench(width: float, checkpoint: str | None, size: tuple[int, int], repeats: 
                 model(x)
             times["forward"].append(time.perf_counter() - t0)
             t0 = time.perf_counter()
-            click(ids[0], k)
+            rid = click(ids[0], k)
             times["click"].append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            get(f"{url}/api/results/{rid}/layers.json")
+            times["layer grid"].append(time.perf_counter() - t0)
             t0 = time.perf_counter()
             get(f"{url}/api/images/{ids[k]}")
             times["open image"].append(time.perf_counter() - t0)
@@ -111,13 +117,13 @@ def main() -> None:
     widths = [None] if args.checkpoint else (args.width or [0.25, 1.0])
     print(f"segscope explore, {size[0]}x{size[1]}, {torch.get_num_threads()} threads, "
           f"median of {args.repeats} (seconds; ratio to a forward pass)")
-    print(f"{'model':>14} {'forward':>8} {'click':>14} {'first click':>14} {'open image':>14}")
+    columns = ("click", "layer grid", "open image", "first click")
+    print(f"{'model':>14} {'forward':>8} " + " ".join(f"{c:>14}" for c in columns))
     for width in widths:
         t = bench(width or 0.0, args.checkpoint, size, args.repeats)
         name = "checkpoint" if width is None else f"width {width:g}"
         f = t["forward"]
-        cells = [f"{t[k]:6.3f} ({t[k] / f:4.1f}x)" for k in ("click", "first click",
-                                                             "open image")]
+        cells = [f"{t[k]:6.3f} ({t[k] / f:4.1f}x)" for k in columns]
         print(f"{name:>14} {f:8.3f} " + " ".join(f"{c:>14}" for c in cells))
 
 

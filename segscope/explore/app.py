@@ -50,7 +50,9 @@ def create_app(explorer: Explorer) -> Starlette:
         return JSONResponse(explorer.catalog.listing())
 
     def view(request: Request) -> Response:
-        return JSONResponse(_clean(explorer.view(request.path_params["item"])))
+        out = explorer.view(request.path_params["item"])
+        explorer.warm(request.path_params["item"])
+        return JSONResponse(_clean(out))
 
     def picture(request: Request) -> Response:
         p = request.path_params

@@ -10,6 +10,7 @@ pictures, arrays and numbers. Long work (separating a layer's features, §9.8) r
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import uuid
 from collections import OrderedDict
@@ -118,6 +119,7 @@ class Explorer:
         self._states: OrderedDict[tuple[str, str], Any] = OrderedDict()
         self._results: OrderedDict[str, Result] = OrderedDict()
         self._scores: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._latest: str | None = None  # the image opened last (see warm())
         self._jobs: OrderedDict[str, Job] = OrderedDict()
         self._sizes = {"states": states, "results": results, "jobs": jobs}
 
@@ -158,17 +160,32 @@ class Explorer:
         The prediction, the IoU and the concepts of the gradient methods use these; LRP
         resolves its concepts on the scores of its forward state.
         """
-        with self._lock:
+        with self._books:  # a cached answer does not wait for a running computation
             if item_id in self._scores:
                 self._scores.move_to_end(item_id)
                 return self._scores[item_id]
+        with self._lock:
             image, _ = self.catalog.load(item_id)
             device = _device(self.model)
             with torch.no_grad():
                 scores = self.model(image[None].to(device))[0].float()
-            self._scores[item_id] = scores
-            _trim(self._scores, self._sizes["results"])
+            with self._books:
+                self._scores[item_id] = scores
+                _trim(self._scores, self._sizes["results"])
             return scores
+
+    def warm(self, item_id: str) -> None:
+        """Compute the image's forward state for the default rule in the background, so
+        that the first click on a freshly opened image costs only the sweep too."""
+        self._latest = item_id
+
+        def run() -> None:
+            # The click that needs the state reports any error; an image the user has
+            # already left is skipped, so that browsing quickly builds no backlog.
+            with self._lock, contextlib.suppress(Exception):
+                if self._latest == item_id:
+                    self.state(item_id)
+        threading.Thread(target=run, daemon=True, name=f"warm-{item_id}").start()
 
     def view(self, item_id: str) -> dict[str, Any]:
         """Size, label presence and per-class IoU of an image."""
