@@ -284,3 +284,25 @@ def test_cli_without_extra_and_bad_input(capsys, monkeypatch, tmp_path):
     assert code == 2 and err.startswith("segscope: error:") and len(err.strip().splitlines()) == 1
     code, out, _ = run_cli(["explore", "--help"], capsys)
     assert code == 0 and "--diagnosis" in out and "127.0.0.1" in out
+
+
+def test_real_dataset_scored_on_road_surface(camvid_root, tmp_path):
+    """CamVid (no markings class): listed with labels, IoU on the road surface, and a
+    diagnosis row pointing at one of its images opens that very item, with its label."""
+    first = Catalog([str(camvid_root / "val.txt")], size=SIZE).items["d0-0"]
+    diag = tmp_path / "diag"
+    diag.mkdir()
+    (diag / "images.csv").write_text(f"dataset,image,path,failure_score,iou\n"
+                                     f"real,{first.name},{first.path},0.5,0.4\n")
+    catalog = Catalog([str(camvid_root / "val.txt")], diagnosis=diag, size=SIZE)
+    explorer = Explorer(tiny_model(), catalog)
+    assert [w["id"] for w in catalog.diagnosis] == ["d0-0"] and not catalog.notes
+    view = explorer.view("d0-0")
+    assert view["has_label"] and view["scored_on"].startswith("road surface")
+    assert view["iou"]["markings"] is None and view["failure_score"] == 0.5
+    image, label = catalog.load("d0-0")
+    pred = explorer.scores("d0-0").argmax(0)
+    valid = label != 255
+    road_p, road_l = (pred >= 1) & valid, (label >= 1) & valid
+    assert view["iou"]["road"] == pytest.approx(
+        int((road_p & road_l).sum()) / int((road_p | road_l).sum()))

@@ -18,6 +18,8 @@ INSTALL_HINT = 'segscope explore needs its web stack: pip install -e ".[explore]
 @click.option("--diagnosis", type=click.Path(), default=None,
               help="A segscope diagnose folder: walk its real images from the most to the "
                    "least likely to fail (their folder must be given with --data).")
+@click.option("--split", default=None,
+              help="Dataset split of the --data folders (default: the evaluation split).")
 @dataset_kind_options
 @click.option("--size", default=None, help="Resize every image to HxW (default: own size).")
 @click.option("--rule", default="alpha1beta0", show_default=True,
@@ -31,7 +33,7 @@ INSTALL_HINT = 'segscope explore needs its web stack: pip install -e ".[explore]
               help="Largest picture upload, in MB.")
 @device_option
 @click.option("--quiet", "-q", is_flag=True, help="Only print the address.")
-def explore(checkpoint, data, diagnosis, data_kind, id_map, size, rule, host, port,
+def explore(checkpoint, data, diagnosis, split, data_kind, id_map, size, rule, host, port,
             max_upload, device, quiet) -> None:
     """Start a local web page that explains the model's decisions on your images.
 
@@ -65,7 +67,7 @@ def explore(checkpoint, data, diagnosis, data_kind, id_map, size, rule, host, po
     port = _free_port(host, port, socket)
     model, _ = load_model(checkpoint, map_location=dev)
     catalog = Catalog(data, diagnosis, size=hw, kind=data_kind, id_map=id_map,
-                      max_upload=max_upload * 1024 * 1024)
+                      max_upload=max_upload * 1024 * 1024, split=split)
     explorer = Explorer(model, catalog, rule=rule)
     explorer.check_rule(rule)
     shown = f"[{host}]" if ":" in host else host

@@ -75,16 +75,19 @@ class Catalog:
         are listed from the most to the least likely to fail.
     size
         (H, W) every image is resized to, or ``None`` for each image's own size.
-    kind, id_map
-        Forced dataset layout and id map, as ``segscope evaluate`` takes them.
+    kind, id_map, split
+        Forced dataset layout, id map and split, as ``segscope evaluate`` takes them
+        (default split: the evaluation one, e.g. CamVid's ``val``).
     max_upload
         Largest upload in bytes.
     """
 
     def __init__(self, data: Sequence[str] = (), diagnosis: str | os.PathLike | None = None,
                  size: tuple[int, int] | None = None, kind: str = "auto",
-                 id_map: Any = None, max_upload: int = MAX_UPLOAD) -> None:
+                 id_map: Any = None, max_upload: int = MAX_UPLOAD,
+                 split: str | None = None) -> None:
         self.size = size
+        self.split = split
         self.max_upload = int(max_upload)
         self.items: dict[str, Item] = {}
         self.roots: list[Path] = []
@@ -114,13 +117,15 @@ class Catalog:
                 self._add(Item(f"d{n}-{i}", f"{spec} #{i}", group, _dataset_loader(data, i)))
             return
         root = Path(spec).expanduser()
-        if not root.is_dir():
+        listing = root.is_file() and root.suffix == ".txt"  # e.g. camvid/val.txt
+        if not (root.is_dir() or listing):
             raise SegscopeError(f"--data {spec}: not a folder (give a dataset folder, a folder "
-                                "of images, or synthetic:N)")
-        root = root.resolve()
+                                "of images, a split listing such as val.txt, or synthetic:N)")
+        data_spec = root.resolve()
+        root = data_spec.parent if listing else data_spec
         self.roots.append(root)
         plain = False
-        if kind == "auto" and id_map is None:
+        if kind == "auto" and id_map is None and not listing and self.split is None:
             try:
                 detect_kind(root)
             except SegscopeError:
@@ -133,7 +138,8 @@ class Catalog:
                     continue
                 self._add_file(f"d{n}-{i}", f, group)
         else:
-            data = open_dataset(root, size=self.size, kind=kind, id_map=id_map)
+            data = open_dataset(data_spec, split=self.split, size=self.size, kind=kind,
+                                id_map=id_map)
             files = getattr(data, "files", None)
             if files is None:
                 raise SegscopeError(f"--data {spec}: cannot list the files of this dataset")

@@ -102,8 +102,9 @@ class Explorer:
         The images the page may open.
     rule
         The LRP rule used when the page gives none.
-    states, results
-        How many forward states (images × rules) and results to keep in memory.
+    states, results, jobs
+        How many forward states (images × rules), results and feature-separation jobs
+        to keep in memory (the oldest go first).
     """
 
     def __init__(self, model: nn.Module, catalog: Catalog, rule: str = "alpha1beta0",
