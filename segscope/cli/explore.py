@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ._options import dataset_kind_options, device_option, parse_size
+from ._options import MAX_SIDE, dataset_kind_options, device_option, parse_size
 
 INSTALL_HINT = 'segscope explore needs its web stack: pip install -e ".[explore]"'
 
@@ -59,11 +59,11 @@ def explore(checkpoint, data, diagnosis, split, data_kind, id_map, size, rule, h
     import socket
 
     from ..checkpoint import load_model
+    from ..device import resolve_device
     from ..explore import Catalog, Explorer, serve
-    from ._options import resolve_device
 
     dev = resolve_device(device)
-    hw = parse_size(size) if size else None
+    hw = parse_size(size, MAX_SIDE) if size else None
     port = _free_port(host, port, socket)
     model, _ = load_model(checkpoint, map_location=dev)
     catalog = Catalog(data, diagnosis, size=hw, kind=data_kind, id_map=id_map,

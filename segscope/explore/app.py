@@ -258,7 +258,7 @@ def _heatmap(m: np.ndarray, limit: float | None = None) -> np.ndarray:
 
 
 def _overlay(image, pixels: np.ndarray) -> np.ndarray:
-    from ..viz.figures import overlay_rgb
+    from ..viz.cmap import overlay_rgb
 
     return np.round(np.clip(overlay_rgb(image, pixels), 0, 1) * 255).astype(np.uint8)
 
