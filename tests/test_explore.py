@@ -190,6 +190,20 @@ def test_bad_requests_get_one_line_and_the_server_keeps_serving(server, folders)
         assert isinstance(out, dict) and words in out["error"], (path, out)
         assert "\n" not in out["error"] and "Traceback" not in out["error"]
         _alive(url)
+    # another site's page: a text/plain post (no preflight) and a foreign Host header
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(f"{url}/api/open", data=b'{"path": "a.png"}',
+                                 headers={"Content-Type": "text/plain"})
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(req, timeout=30)
+    assert err.value.code == 400 and b"must be JSON" in err.value.read()
+    req = urllib.request.Request(f"{url}/api/info", headers={"Host": "evil.example"})
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(req, timeout=30)
+    assert err.value.code == 400
+    _alive(url)
     # uploads: a corrupt file, an empty one, one over the limit; then a good one
     for raw, code, words in ((b"\x89PNG\r\n\x1a\n garbage", 400, "cannot read image"),
                              (b"", 400, "empty"), (b"0" * 200_001, 413, "over the limit")):

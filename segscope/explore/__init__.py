@@ -17,11 +17,12 @@ from .engine import Explorer
 __all__ = ["Catalog", "Explorer", "create_app", "serve", "running"]
 
 
-def create_app(explorer: Explorer):
-    """The Starlette app of ``explorer`` (needs the ``explore`` extra)."""
+def create_app(explorer: Explorer, host: str = "127.0.0.1"):
+    """The Starlette app of ``explorer`` (needs the ``explore`` extra); ``host`` is the
+    address it is served on (requests must name it, or localhost)."""
     from .app import create_app as _create
 
-    return _create(explorer)
+    return _create(explorer, host)
 
 
 def serve(explorer: Explorer, host: str = "127.0.0.1", port: int = 8765,
@@ -29,7 +30,7 @@ def serve(explorer: Explorer, host: str = "127.0.0.1", port: int = 8765,
     """Serve ``explorer`` on ``host:port`` until Ctrl-C (needs the ``explore`` extra)."""
     import uvicorn
 
-    uvicorn.run(create_app(explorer), host=host, port=port,
+    uvicorn.run(create_app(explorer, host), host=host, port=port,
                 log_level="warning" if quiet else "info", access_log=False)
 
 
@@ -50,7 +51,7 @@ def running(explorer: Explorer, host: str = "127.0.0.1", port: int = 0,
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
-    config = uvicorn.Config(create_app(explorer), log_level="warning", access_log=False)
+    config = uvicorn.Config(create_app(explorer, host), log_level="warning", access_log=False)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True,
                               name="segscope-explore")

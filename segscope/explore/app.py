@@ -35,8 +35,13 @@ MAX_JSON = 8 * 1024 * 1024
 log = logging.getLogger("segscope.explore")
 
 
-def create_app(explorer: Explorer) -> Starlette:
-    """The ASGI app serving ``explorer``'s page and API."""
+def create_app(explorer: Explorer, host: str = "127.0.0.1") -> Starlette:
+    """The ASGI app serving ``explorer``'s page and API.
+
+    Requests must name this machine in their ``Host`` header (``127.0.0.1``,
+    ``localhost`` or the ``host`` served on), so that a web page elsewhere cannot reach
+    the API through DNS rebinding; serving on ``0.0.0.0``/``::`` accepts any name.
+    """
     static = resources.files("segscope.explore") / "static"
     index = (static / "index.html").read_text(encoding="utf-8")
 
@@ -187,7 +192,13 @@ def create_app(explorer: Explorer) -> Starlette:
         Mount("/static", StaticFiles(directory=str(static)), name="static"),
     ]
     handlers = {SegscopeError: _error, HTTPException: _http_error, Exception: _crash}
-    app = Starlette(routes=routes, exception_handlers=handlers)
+    from starlette.middleware import Middleware
+    from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+    hosts = ["*"] if host in ("0.0.0.0", "::", "") else \
+        sorted({"127.0.0.1", "localhost", "::1", "[::1]", host})
+    app = Starlette(routes=routes, exception_handlers=handlers,
+                    middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=hosts)])
     app.state.explorer = explorer
     return app
 
@@ -219,6 +230,12 @@ def _one_line(exc: Exception) -> str:
 
 
 async def _json(request: Request) -> dict[str, Any]:
+    # JSON only: a form or text/plain post from another site's page is refused (such a
+    # request is "simple" and skips the browser's cross-origin preflight).
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind != "application/json":
+        raise SegscopeError(f"the request body must be JSON (Content-Type: application/json), "
+                            f"got {kind or 'no content type'!r}")
     body = await request.body()
     if len(body) > MAX_JSON:
         raise TooLarge(f"request of {len(body)} bytes is over the limit of {MAX_JSON} bytes")

@@ -194,7 +194,7 @@ function maskRuns() {
 
 function setupCanvas() {
   const c = $("draw");
-  c.addEventListener("mousedown", (ev) => {
+  c.addEventListener("pointerdown", (ev) => {
     if (!S.item) return;
     const p = canvasPoint(ev);
     if ($("concept-kind").value === "mask") {
@@ -203,12 +203,12 @@ function setupCanvas() {
       S.pixel = p; drawConcept(); explain();
     }
   });
-  c.addEventListener("mousemove", (ev) => {
+  c.addEventListener("pointermove", (ev) => {
     if (S.drawing) { brushAt(canvasPoint(ev)); drawConcept(); }
   });
   const stop = () => { if (S.drawing) { S.drawing = false; explain(); } };
-  c.addEventListener("mouseup", stop);
-  c.addEventListener("mouseleave", stop);
+  c.addEventListener("pointerup", stop);
+  c.addEventListener("pointerleave", stop);
 }
 
 // -- explaining ---------------------------------------------------------------------------
