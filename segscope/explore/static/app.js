@@ -119,6 +119,12 @@ async function openImage(id) {
   S.pixel = null;
   S.mask = new Uint8Array(v.width * v.height);
   document.querySelectorAll(".item").forEach((b) => b.classList.toggle("current", b.dataset.id === id));
+  // TP/FP/FN need a label
+  for (const o of $("concept-kind").options)
+    if (["tp", "fp", "fn"].includes(o.value)) o.disabled = !v.has_label;
+  if (!v.has_label && $("concept-kind").selectedOptions[0].disabled) {
+    $("concept-kind").value = "pixel"; updateControls();
+  }
   const base = `/api/images/${encodeURIComponent(id)}`;
   const img = $("image");
   await new Promise((ok) => { img.onload = ok; img.onerror = ok; img.src = `${base}/image.png`; });
@@ -134,9 +140,9 @@ async function openImage(id) {
                                                       pct(v.predicted_share[c])])));
   if (v.miou !== null) t.appendChild(row(["mean", pct(v.miou), ""]));
   if (v.failure_score !== undefined) t.appendChild(row(["failure score", fmt(v.failure_score), ""]));
-  if (v.scored_on) t.appendChild(row(["scored on", v.scored_on, ""]));
   $("image-numbers").innerHTML = "";
   $("image-numbers").appendChild(t);
+  if (v.scored_on) $("image-numbers").appendChild(el("p", {class: "muted small"}, `IoU on the ${v.scored_on}`));
   drawConcept();
   document.body.dataset.image = id;
 }
