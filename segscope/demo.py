@@ -281,6 +281,14 @@ def step_study(ctx: DemoContext) -> None:
     ctx.log(f"study skipped: {last}")
 
 
+def step_diagnose(ctx: DemoContext) -> None:
+    """With ``--real``: a quick ``segscope diagnose`` of the model into ``<out>/diagnose``
+    (see :func:`segscope.diagnose.demo_step`)."""
+    from .diagnose import demo_step
+
+    demo_step(ctx)
+
+
 Step = Callable[[DemoContext], None]
 #: The demo, in order. Later steps may rely on what earlier ones put in the context.
 STEPS: list[tuple[str, Step]] = [
@@ -290,6 +298,7 @@ STEPS: list[tuple[str, Step]] = [
     ("real", step_real),
     ("predictions", step_predictions),
     ("study", step_study),
+    ("diagnose", step_diagnose),
 ]
 
 

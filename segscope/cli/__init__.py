@@ -26,6 +26,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "demo": ("segscope.cli.demo", "demo", "The whole study on built-in synthetic data."),
     "ablate": ("segscope.cli.ablate", "ablate", "One model per synthetic-data factor setting."),
     "explore": ("segscope.cli.explore", "explore", "Explain decisions in a local web page."),
+    "diagnose": ("segscope.cli.diagnose", "diagnose",
+                 "Rank real images by likely failure, without labels; what shifted."),
 }
 
 

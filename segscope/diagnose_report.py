@@ -1,0 +1,202 @@
+"""The output folder of ``segscope diagnose``: images.csv, diagnosis.json, figures, report.
+
+:func:`write_diagnosis` writes every file of a :class:`~segscope.diagnose.Diagnosis`;
+``report.html`` is self-contained (figures inlined, styled like the study's report) and
+every number in it comes from ``diagnosis.json``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ._io import write_json, write_text
+from .diagnose import SCORES, Diagnosis
+
+#: Real images shown on the contact sheet of the most likely failures.
+CONTACT_IMAGES = 12
+FIGURES = {
+    "scores": "scores_vs_iou.png",
+    "layer_shift": "layer_shift.png",
+    "failures": "most_likely_failures.png",
+    "channels": "top_channels.png",
+}
+
+
+def write_images_csv(diag: Diagnosis, path: str | os.PathLike) -> Path:
+    """``images.csv``: one row per image (synthetic first), the columns of ``diag.rows``."""
+    rows = diag.rows
+    cols = list(rows[0]) if rows else ["dataset", "image", "path", "failure_score"]
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(cols)
+    for r in rows:
+        w.writerow(["" if isinstance(v, float) and math.isnan(v) else
+                    (f"{v:.6g}" if isinstance(v, float) else v) for v in (r[c] for c in cols)])
+    return write_text(path, buf.getvalue())
+
+
+def write_diagnosis(diag: Diagnosis, out: str | os.PathLike, model: torch.nn.Module | None = None,
+                    synthetic=None, real=None, extra: dict[str, Any] | None = None) -> Path:
+    """Write ``images.csv``, ``diagnosis.json``, the figures and ``report.html`` into
+    ``out``. ``model`` and the :class:`~segscope.diagnose.Source` objects are needed for
+    the contact sheet and the channel maps (left out without them). Returns the report."""
+    from .viz.figures import save_png
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_images_csv(diag, out / "images.csv")
+    summary = diag.summary()
+    summary.update(extra or {})
+    summary["created"] = time.strftime("%Y-%m-%d %H:%M")
+    figures: dict[str, str] = {}
+    from .viz import diagnosis as F
+
+    real_rows = [r for r in diag.rows if r["dataset"] == "real"]
+    if diag.correlations:
+        iou = np.array([r["iou"] for r in real_rows])
+        rho = {r["score"]: r["spearman"] for r in diag.correlations}
+        show = {k: diag.scores["real"][k] for k in SCORES if k != "failure_score"}
+        show = {"failure_score": diag.scores["real"]["failure_score"], **{
+            k: v for k, v in show.items() if k != summary["failure_score"]}}
+        save_png(F.scores_figure(show, iou, rho, diag.real.scalar("empty") > 0),
+                 out / FIGURES["scores"])
+        figures["scores"] = FIGURES["scores"]
+    save_png(F.layer_shift_figure(diag.layer_shift, diag.groups["by"]),
+             out / FIGURES["layer_shift"])
+    figures["layer_shift"] = FIGURES["layer_shift"]
+    if model is not None and real is not None:
+        _contact(diag, model, real, out / FIGURES["failures"])
+        figures["failures"] = FIGURES["failures"]
+        if synthetic is not None and diag.top_channels:
+            panels = _channel_panels(diag, model, synthetic, real)
+            if panels:
+                save_png(F.channel_maps_figure(panels), out / FIGURES["channels"])
+                figures["channels"] = FIGURES["channels"]
+    summary["figures"] = figures
+    write_json(out / "diagnosis.json", summary)
+    return write_text(out / "report.html", render_report(summary, out))
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def _contact(diag: Diagnosis, model, real, path: Path) -> None:
+    from .viz.contact import contact_sheet
+
+    order = np.argsort(-diag.scores["real"]["failure_score"], kind="stable")[:CONTACT_IMAGES]
+    images, preds = [], []
+    for i in order:
+        image, _ = real.dataset[int(i)]
+        images.append(image)
+        preds.append(model(image[None].to(_device(model)))[0].argmax(0).cpu().numpy())
+    size = images[0].shape[-2:]
+    keep = [j for j, im in enumerate(images) if im.shape[-2:] == size]
+    contact_sheet([images[j] for j in keep], [preds[j] for j in keep], path, cols=3)
+
+
+def _channel_panels(diag: Diagnosis, model, synthetic, real) -> list[dict[str, Any]]:
+    """For each top channel: its map on the worst real image that uses it most unlike
+    synthetic images, and on the synthetic image where its feature value is highest."""
+    from .explain import Concept, lrp, separate_features
+
+    slices = diag.reference.layout.slices()
+    worst = np.asarray(diag.groups["worst_index"], int)
+    syn_ok = np.nonzero(diag.synthetic.scalar("empty") == 0)[0]
+    cls = diag.settings["class"]
+    panels = []
+    for ch in diag.top_channels:
+        j = slices[ch["layer"]].start + ch["channel"]
+        dev = np.abs(diag.real.fv[worst, j] - diag.reference.fv_mean[j])
+        r_i = int(worst[int(np.argmax(dev))])
+        s_i = int(syn_ok[int(np.argmax(diag.synthetic.fv[syn_ok, j]))])
+        for what, src, i, fp in (("real", real, r_i, diag.real),
+                                 ("synthetic", synthetic, s_i, diag.synthetic)):
+            image, _ = src.dataset[i]
+            with torch.no_grad():
+                pred = model(image[None].to(_device(model)))[0].argmax(0).cpu()
+            names = list(diag.class_names)
+            mask = pred == names.index(cls)
+            if not bool(mask.any()):
+                continue
+            expl = lrp(model, image, Concept.mask(cls, mask, assign=diag.settings["assign"]),
+                       rule=diag.settings["rule"], keep=[ch["layer"]])
+            maps = separate_features(model, image, expl, ch["layer"], channels=[ch["channel"]])
+            panels.append({
+                "title": f"{ch['layer']} #{ch['channel']} · {what} {src.names[i]} "
+                         f"(fv {fp.fv[i, j]:.2f})",
+                "image": image.numpy(), "map": maps.pixels[0].numpy()})
+    return panels
+
+
+def _f(v: Any, d: int = 2) -> str:
+    return "n/a" if v is None or not np.isfinite(float(v)) else f"{float(v):+.{d}f}"
+
+
+def render_report(summary: dict[str, Any], folder: Path) -> str:
+    """The diagnosis report as one self-contained HTML page (``templates/diagnosis.html.j2``,
+    the study report's style); every number comes from ``summary``."""
+    from .report import RenderedTable, embed_figure, render_page
+
+    figures = summary.get("figures", {})
+
+    def fig(key: str, caption: str):
+        if key not in figures:
+            return None
+        return embed_figure(folder, figures[key], caption, key=key, folder_word="diagnosis")
+
+    table = verdict = channels_table = None
+    if summary["correlations"]:
+        table = RenderedTable(
+            ["score", "kind", "Spearman", "95 % CI", "Kendall τ", "95 % CI", "images"],
+            [[r["score"], r["kind"], _f(r["spearman"]),
+              f"[{_f(r['spearman_lo'])}, {_f(r['spearman_hi'])}]", _f(r["kendall"]),
+              f"[{_f(r['kendall_lo'])}, {_f(r['kendall_hi'])}]", r["n"]]
+             for r in summary["correlations"]])
+        v = summary.get("verdict")
+        if v and v["relevance_wins"]:
+            verdict = (f"The relevance failure score ({summary['failure_score']}) ranks the real "
+                       f"images by IoU with Spearman {_f(v['failure_score'])}, at least as well "
+                       f"as the best baseline ({v['best_baseline']}, "
+                       f"{_f(v['best_baseline_spearman'])}).")
+        elif v:
+            verdict = (f"On this model the relevance failure score loses: Spearman "
+                       f"{_f(v['failure_score'])} against {_f(v['best_baseline_spearman'])} "
+                       f"for the best baseline, {v['best_baseline']}.")
+    if summary["top_channels"]:
+        channels_table = RenderedTable(
+            ["layer", "channel", "mean fv synthetic", "mean fv worst real", "standardised shift"],
+            [[c["layer"], c["channel"], f"{c['fv_synthetic']:.3f}", f"{c['fv_worst_real']:.3f}",
+              _f(c["effect"])] for c in summary["top_channels"]])
+    shift = summary["layer_shift"]
+    excess = sorted(shift, key=lambda n: -(shift[n]["worst"] - shift[n]["synthetic"])
+                    if np.isfinite(shift[n]["worst"]) else 0.0)[:3]
+    by = summary["groups"]["by"]
+    return render_page(
+        "diagnosis.html.j2", s=summary["settings"], images=summary["images"],
+        checkpoint=str(summary.get("checkpoint", "?")),
+        synthetic=str(summary["sources"]["synthetic"]),
+        real=str(summary["sources"]["real"].get("root", "")),
+        failure_score=summary["failure_score"], created=summary.get("created", ""),
+        table=table, verdict=verdict, channels_table=channels_table,
+        scores=fig("scores", "Each score against IoU, one point per real image (crosses: "
+                             "empty concept)."),
+        failures=fig("failures", "The real images most likely to fail (highest failure "
+                                 "score first), each with the model's prediction."),
+        layer_shift=fig("layer_shift",
+                        "How far real fv profiles sit from the mean synthetic profile, layer "
+                        f"by layer (best/worst quarter by {by}). Largest excess of the worst "
+                        "images over the synthetic spread: " + ", ".join(excess) + "."),
+        channels=fig("channels", "Each top channel's relevance at the pixels on a badly "
+                                 "segmented real image and on the synthetic image where it "
+                                 "is strongest."))
