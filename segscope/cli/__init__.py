@@ -23,6 +23,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "explain": ("segscope.cli.explain", "explain", "Explain a prediction (LRP, Grad-CAM, ...)."),
     "study": ("segscope.cli.study", "study", "Run the chapter-9 analyses and write a report."),
     "report": ("segscope.cli.report", "report", "Rebuild report.html from a study folder."),
+    "faithfulness": ("segscope.cli.faithfulness", "faithfulness",
+                     "Which explanation to trust: perturbation and sanity checks."),
     "demo": ("segscope.cli.demo", "demo", "The whole study on built-in synthetic data."),
     "ablate": ("segscope.cli.ablate", "ablate", "One model per synthetic-data factor setting."),
     "explore": ("segscope.cli.explore", "explore", "Explain decisions in a local web page."),

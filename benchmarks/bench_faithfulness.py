@@ -1,0 +1,154 @@
+"""Region perturbation (MoRF AOPC) against Quantus's RegionPerturbation, in one run.
+
+    python benchmarks/bench_faithfulness.py                      # SegNet width 0.25, 128x192
+    python benchmarks/bench_faithfulness.py -c model.safetensors --images 4 --regions 64
+
+Quantus needs OpenCV, scikit-image and friends; install it beside segscope in a virtual
+environment that sees the system's torch:
+
+    python -m venv --system-site-packages /tmp/qenv && /tmp/qenv/bin/pip install quantus
+    PYTHONPATH=. /tmp/qenv/bin/python benchmarks/bench_faithfulness.py
+
+Both sides get the same model, images, concepts (a class's labelled pixels), maps
+(gradient x input, LRP α1β0, Grad-CAM, a random map), 8x8 patches and baseline (0):
+MoRF order, one patch per step for ``--regions`` steps. Quantus runs through the wrapper
+a user writes for a segmentation model — a module returning the concept's score Σ y_c
+over its pixels as a one-logit output, one per image because every image has its own
+concept — called once per image with all the maps of that image as one batch. segscope
+runs all steps of all maps of an image as large batches. Prints the median times over
+``--repeats`` interleaved rounds, the ratio (target ≥ 10x) and the largest AOPC
+difference (target ≤ 1e-4). Quantus's per-step differences f(x) − f(x⁽ᵏ⁾), k = 1..L, are
+summed and divided by L+1 to give Samek et al.'s AOPC, which counts the k = 0 point.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+import segscope
+from segscope.explain import Concept
+from segscope.faithfulness import explain_map
+from segscope.perturbation import perturbation_curves
+
+
+class ConceptLogit(nn.Module):
+    """The wrapper a user writes to give Quantus a segmentation model: one output, the
+    sum of class ``cls``'s scores over the concept's pixels."""
+
+    def __init__(self, model: nn.Module, mask: torch.Tensor, cls: int) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("mask", mask.float())
+        self.cls = cls
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.model(x)[:, self.cls] * self.mask).sum((1, 2))[:, None]
+
+
+def quantus_aopc(quantus, model, images, masks, classes, maps, patch: int,
+                 regions: int) -> list[list[float]]:
+    """AOPC (MoRF, baseline 0) of each map of each image, computed by Quantus."""
+    out = []
+    for image, mask, cls, image_maps in zip(images, masks, classes, maps, strict=True):
+        image_maps = [image_maps] if torch.is_tensor(image_maps) else list(image_maps)
+        metric = quantus.RegionPerturbation(
+            patch_size=patch, order="morf", regions_evaluation=regions, normalise=False,
+            abs=False, perturb_baseline=0.0, disable_warnings=True,
+            display_progressbar=False)
+        wrapper = ConceptLogit(model, mask, cls).eval()
+        n = len(image_maps)
+        x = image[None].repeat(n, 1, 1, 1).numpy()
+        a = torch.stack([m.float() for m in image_maps])[:, None].numpy()
+        diffs = metric(model=wrapper, x_batch=x, y_batch=np.zeros(n, dtype=np.int64),
+                       a_batch=a, softmax=False, device="cpu", channel_first=True,
+                       batch_size=n)
+        out.append([float(np.sum(d)) / (regions + 1) for d in diffs])
+    return out
+
+
+def segscope_aopc(model, images, concepts, maps, patch: int, regions: int) -> list[list[float]]:
+    out = []
+    for image, concept, image_maps in zip(images, concepts, maps, strict=True):
+        named = {str(i): m for i, m in enumerate(image_maps)}
+        curves = perturbation_curves(model, image, concept, named, patch=patch, steps=regions,
+                                     regions=regions, baseline="colour:0,0,0",
+                                     curves=("morf",))
+        out.append([curves[k].summary()["aopc_morf_raw"] for k in named])
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("-c", "--checkpoint", default=None, help="model (default: random SegNet)")
+    ap.add_argument("--width", type=float, default=0.25)
+    ap.add_argument("--size", default="128x192")
+    ap.add_argument("--images", type=int, default=2)
+    ap.add_argument("--patch", type=int, default=8)
+    ap.add_argument("--regions", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    import quantus
+
+    from segscope.data.real import open_dataset
+
+    h, w = (int(v) for v in args.size.split("x"))
+    if args.checkpoint:
+        model, _ = segscope.load_model(args.checkpoint)
+    else:
+        torch.manual_seed(0)
+        model = segscope.SegNet(width=args.width)
+    model = model.eval()
+    data = open_dataset(f"synthetic:{args.images}:narrow:1", size=(h, w))
+    images, masks, concepts, maps = [], [], [], []
+    road = 1
+    for i in range(len(data)):
+        image, label = data[i]
+        mask = label == road
+        concept = Concept.mask(road, mask)
+        images.append(image.float())
+        masks.append(mask)
+        concepts.append(concept)
+        maps.append([explain_map(model, image, concept, m, r) for m, r in
+                     (("gradxinput", None), ("lrp", "alpha1beta0"), ("gradcam", None),
+                      ("random", None))])
+    n_maps = sum(len(m) for m in maps)
+    print(f"SegNet width {model.width:g}, {len(images)} images {h}x{w}, {n_maps} maps, "
+          f"{args.patch}x{args.patch} patches, {args.regions} MoRF steps each "
+          f"({n_maps * args.regions} perturbed images), {torch.get_num_threads()} threads")
+
+    fns = {
+        "segscope": lambda: segscope_aopc(model, images, concepts, maps, args.patch,
+                                          args.regions),
+        "quantus": lambda: quantus_aopc(quantus, model, images, masks, [road] * len(images),
+                                        maps, args.patch, args.regions),
+    }
+    results = {k: fn() for k, fn in fns.items()}  # warm-up, and the values compared
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(args.repeats):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    ours = np.array([v for row in results["segscope"] for v in row])
+    theirs = np.array([v for row in results["quantus"] for v in row])
+    print(f"{'':10} {'median s':>10}")
+    for k, t in med.items():
+        print(f"{k:10} {t:10.3f}")
+    print(f"speed-up: {med['quantus'] / med['segscope']:.1f}x (target >= 10x)")
+    print(f"AOPC: segscope {np.round(ours, 4).tolist()}")
+    print(f"      quantus  {np.round(theirs, 4).tolist()}")
+    print(f"largest AOPC difference: {np.abs(ours - theirs).max():.2e} (target <= 1e-4)")
+
+
+if __name__ == "__main__":
+    main()
