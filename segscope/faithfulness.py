@@ -614,8 +614,8 @@ def _write_outputs(folder: Path, by_set: dict[str, list[ImageResult]], labels: l
                  sanity["spearman"][label][k], sanity["ssim"][label][k]]
                 for label in labels for k in range(len(sanity["layers"]))]))
     figures = {}
-    mean_curves = {key: _mean_curves(rs, labels) for key, rs in by_set.items() if rs}
-    save_png(V.curves_figure(mean_curves, cfg.baseline, cfg.patch), folder / "curves.png")
+    by_set_curves = {key: mean_curves(rs, labels) for key, rs in by_set.items() if rs}
+    save_png(V.curves_figure(by_set_curves, cfg.baseline, cfg.patch), folder / "curves.png")
     figures["curves"] = "curves.png"
     if sanity["images"]:
         save_png(V.sanity_figure(sanity), folder / "sanity.png")
@@ -645,7 +645,7 @@ def _write_outputs(folder: Path, by_set: dict[str, list[ImageResult]], labels: l
     return summary
 
 
-def _mean_curves(results: Sequence[ImageResult], labels: Sequence[str]) -> dict[str, Any]:
+def mean_curves(results: Sequence[ImageResult], labels: Sequence[str]) -> dict[str, Any]:
     """Per method: the mean curves over images, each divided by its image's |f(x)|."""
     out = {}
     for label in labels:
