@@ -32,8 +32,7 @@ from torch import nn
 
 from ._io import write_json, write_text
 from .errors import SegscopeError
-from .explain import METHODS, Concept, attribute, lrp
-from .explain.rules import parse_rule
+from .explain import METHODS, Concept, attribute, parse_rules
 from .perturbation import (
     ConceptScorer,
     Curves,
@@ -52,8 +51,7 @@ FLOORS = ("random", "edge")
 #: Methods of the engine that make no map of the image (activation maximization).
 NOT_MAPS = ("actmax",)
 #: Everything :func:`evaluate_faithfulness` can score.
-FAITHFULNESS_METHODS = tuple(dict.fromkeys(
-    ["lrp", *[m for m in METHODS if m not in NOT_MAPS], *FLOORS]))
+FAITHFULNESS_METHODS = (*[m for m in METHODS if m not in NOT_MAPS], *FLOORS)
 DEFAULT_METHODS = ("lrp", "gradcam", "gradcam-rf", "sensitivity", "gradxinput", "guided",
                    "deconvnet", "random", "edge")
 #: LRP rules scored by default: each rule everywhere, z^B at the pixels, and a composite.
@@ -88,7 +86,7 @@ def method_labels(methods: Sequence[str], rules: Sequence[str]) -> list[tuple[st
             if isinstance(rules, str) or not rules:
                 raise SegscopeError("lrp needs at least one rule (a list of rule texts)")
             for r in rules:
-                rule_argument(r)  # fails early on a bad rule
+                parse_rules(str(r))  # fails early on a bad rule
                 out.append((m, str(r).strip()))
         else:
             out.append((m, None))
@@ -100,23 +98,6 @@ def label_of(method: str, rule: str | None) -> str:
     return method if rule is None else f"{method}:{rule}"
 
 
-def rule_argument(text: str) -> Any:
-    """A rule text as :func:`segscope.explain.lrp` takes it: ``epsilon:0.01`` or the
-    per-layer form ``first=zbox,default=alpha1beta0`` (a list of (layer, rule) pairs)."""
-    text = str(text).strip()
-    if "=" not in text:
-        parse_rule(text)
-        return text
-    pairs = []
-    for part in text.split(","):
-        key, sep, value = part.partition("=")
-        if not sep or not key.strip():
-            raise SegscopeError(f"rule {text!r}: expected layer=rule pairs separated by commas")
-        parse_rule(value.strip())
-        pairs.append((key.strip(), value.strip()))
-    return pairs
-
-
 def explain_map(model: nn.Module, image: torch.Tensor, concept: Concept, method: str,
                 rule: str | None = None, seed: int = 0) -> torch.Tensor:
     """(H,W) map of ``concept`` on ``image`` by one method (a floor ignores the model)."""
@@ -125,10 +106,8 @@ def explain_map(model: nn.Module, image: torch.Tensor, concept: Concept, method:
         return torch.rand(image.shape[-2:], generator=g, dtype=torch.float32)
     if method == "edge":
         return sobel(image)
-    if method == "lrp":
-        return lrp(model, image, concept, rule=rule_argument(rule or "alpha1beta0")) \
-            .pixels.detach().float().cpu()
-    return attribute(method, model, image, concept).pixels.detach().float().cpu()
+    options = {"rule": rule} if method == "lrp" and rule is not None else {}
+    return attribute(method, model, image, concept, **options).pixels.detach().float().cpu()
 
 
 def sobel(image: torch.Tensor) -> torch.Tensor:
