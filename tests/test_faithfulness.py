@@ -275,7 +275,7 @@ def test_cli_bad_input_one_line(tmp_path, capsys, extra, message):
 
 def test_quantus_region_perturbation_agrees():
     quantus = pytest.importorskip("quantus", reason="quantus is not installed (compare extra)")
-    from benchmarks.bench_faithfulness import quantus_aopc
+    from benchmarks.bench_faithfulness import quantise, quantus_aopc
 
     torch.manual_seed(6)
     model = segscope.SegNet(width=0.0625).eval()
@@ -283,7 +283,7 @@ def test_quantus_region_perturbation_agrees():
     mask = torch.zeros(32, 32, dtype=torch.bool)
     mask[8:24, 4:20] = True
     concept = Concept.mask(1, mask)
-    rel = torch.randn(32, 32)
+    rel = quantise(torch.randn(32, 32))  # exact float32 patch sums (see the benchmark)
     ours = perturbation_curves(model, image, concept, {"m": rel}, patch=8, steps=16,
                                baseline="colour:0,0,0")["m"].summary()["aopc_morf_raw"]
     theirs = quantus_aopc(quantus, model, [image], [mask], [1], [[rel]], patch=8, regions=16)[0][0]
