@@ -472,8 +472,9 @@ def run_faithfulness(
                 json.dumps(settings_json)):
             raise SegscopeError(f"--resume: {folder} was made with other settings; use the same "
                                 "options, or --overwrite")
+    inputs = [checkpoint, *[spec for _, spec, _ in opened if Path(spec).exists()]]
     folder = claim_output(out, "faithfulness", resume=resume, overwrite=overwrite,
-                          settings=settings_json)
+                          settings=settings_json, inputs=inputs)
     (folder / "images").mkdir(exist_ok=True)
     say = log or (lambda _m: None)
     notes: list[str] = []

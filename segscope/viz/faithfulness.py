@@ -9,7 +9,8 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from ..analysis import as_numpy
-from .figures import _grid, _grid_adjust, _image_rgb, _off_axes, new_figure, overlay_rgb
+from .cmap import image_rgb, overlay_rgb
+from .figures import _grid, _grid_adjust, _off_axes, new_figure
 
 _TITLES = {"morf": "deletion, most relevant first (MoRF)",
            "lerf": "deletion, least relevant first (LeRF)",
@@ -92,7 +93,7 @@ def maps_figure(image, maps: Mapping[str, Any], name: str, concept: str) -> Figu
     h, w = as_numpy(image).shape[-2:]
     fig = new_figure(13, rows * (13 / cols) * h / w + rows * 0.35 + 0.5)
     ax = fig.add_subplot(rows, cols, 1)
-    ax.imshow(_image_rgb(image))
+    ax.imshow(image_rgb(image))
     ax.set_title(f"{name}", fontsize=8)
     _off_axes(ax)
     for i, (label, m) in enumerate(maps.items()):
