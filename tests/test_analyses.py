@@ -34,7 +34,7 @@ def test_registry_keys_and_figures_are_unique_and_complete():
     # The report order of the chapter-9 study (thesis §9.4-§9.11).
     assert figures == ["images", "overlay", "layerwise", "feature_maps", "feature_values",
                        "all_feature_values", "switch_off", "separation", "class_comparison",
-                       "profiles", "divergence", "bias", "absorbed"]
+                       "profiles", "divergence", "bias", "absorbed", "faithfulness"]
     for a in REGISTRY:
         assert a.sections and a.name and isinstance(a.data, type)
 

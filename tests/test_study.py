@@ -18,15 +18,15 @@ from segscope.data import SyntheticRoads
 SUMMARY_KEYS = {
     "segscope_version", "created", "checkpoint", "model", "settings", "notes", "images",
     "layerwise", "feature_values", "switch_off", "separation", "class_comparison",
-    "synthetic_vs_real", "bias", "figures", "tables", "seconds",
+    "synthetic_vs_real", "bias", "faithfulness", "figures", "tables", "seconds",
 }
 FIGURES = {
     "images", "overlay", "layerwise", "feature_maps", "feature_values", "all_feature_values",
     "switch_off", "separation", "class_comparison", "profiles", "divergence", "bias",
-    "absorbed",
+    "absorbed", "faithfulness",
 }
 TABLES = {"feature_values", "switch_off", "separation", "class_comparison", "divergence",
-          "bias", "absorbed"}
+          "bias", "absorbed", "faithfulness"}
 
 
 def _tiny_model() -> segscope.SegNet:
@@ -118,6 +118,34 @@ def test_study_numbers_are_consistent(study_dir):
     # Feature separation: the per-channel pixel maps add up to the whole explanation.
     assert sum(r["pixel_total"] for r in sep) == pytest.approx(lw["pixel_total"], rel=1e-3)
     assert s["images"]["scanned"] == 2
+
+
+def test_study_faithfulness_section(study_dir):
+    from segscope.data import open_dataset
+    from segscope.explain import Concept
+    from segscope.faithfulness import explain_map
+    from segscope.perturbation import perturbation_curves
+
+    out, ckpt, _ = study_dir
+    summary = json.loads((out / "summary.json").read_text())
+    s = summary["faithfulness"]
+    rows = {r["method"]: r for r in s["rows"]}
+    assert set(rows) == {"lrp:alpha1beta0", "gradcam", "gradxinput", "random", "edge"}
+    assert s["images"] == len(s["per_image"]) >= 1
+    for method, row in rows.items():  # the table's mean is the mean over the images
+        values = [v[method] for v in s["per_image"].values()]
+        assert row["aopc_morf"] == pytest.approx(float(np.mean(values)), rel=1e-6)
+    # The synthetic image's edge-map AOPC, recomputed from its own perturbation curve.
+    name = summary["images"]["synthetic"]["name"]  # "synthetic:2:narrow:1 #i"
+    image, label = open_dataset("synthetic:2:narrow:1", size=(64, 96))[int(name[-1])]
+    model, _ = segscope.load_model(ckpt)
+    with torch.no_grad():
+        tp = (model(image[None])[0].argmax(0) == 1) & (label == 1)
+    c = Concept.mask(1, tp)
+    cur = perturbation_curves(model, image, c, {"edge": explain_map(model, image, c, "edge")},
+                              patch=8, steps=s["steps"], baseline="mean")["edge"]
+    assert cur.summary()["aopc_morf"] == pytest.approx(s["per_image"][name]["edge"], rel=1e-5)
+    assert "Are the explanations faithful?" in (out / "report.html").read_text()
 
 
 def test_report_is_self_contained_and_rebuilds(study_dir, capsys):

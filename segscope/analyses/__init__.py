@@ -20,6 +20,7 @@ from .context import (
     StudySettings,
     default_synthetic,
 )
+from .faithfulness import Faithfulness
 from .features import Features
 from .images import Images
 from .layerwise import Layerwise
@@ -37,10 +38,12 @@ REGISTRY: list[Analysis] = [
     ClassComparison(),
     SyntheticVsReal(),
     Bias(),
+    Faithfulness(),
 ]
 
 __all__ = [
-    "DEFAULT_SYNTHETIC", "REGISTRY", "Analysis", "Bias", "ClassComparison", "Features",
+    "DEFAULT_SYNTHETIC", "REGISTRY", "Analysis", "Bias", "ClassComparison", "Faithfulness",
+    "Features",
     "Images", "Layerwise", "NoTruePositives", "Sample", "Section", "Separation",
     "StudyContext", "StudySettings", "SwitchOff", "SyntheticVsReal", "Table",
     "default_synthetic",
