@@ -75,7 +75,7 @@ def sanity_figure(sanity: Mapping[str, Any]) -> Figure:
         ax.set_ylabel("Spearman correlation" if key == "spearman" else "SSIM", fontsize=8)
         ax.set_xlabel("randomised down to layer", fontsize=8)
         ax.set_title(f"{key.upper() if key == 'ssim' else 'Spearman'} with the trained "
-                     f"model's map ({sanity['images']} images)", fontsize=9)
+                     f"model's map ({sanity['images']} image(s))", fontsize=9)
         ax.set_ylim(-1.05, 1.05)
         ax.axhline(0, color="0.7", lw=0.8)
         ax.tick_params(labelsize=7)
