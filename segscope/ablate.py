@@ -400,8 +400,8 @@ def write_results(config: AblationConfig, settings: list[Setting]) -> dict[str, 
     }
     write_json(out / "ablation.json", summary)
     write_table(rows, out / "ablation.csv")
-    chart(rows, out / "ablation.png", title=f"{config.preset}: real road-surface IoU "
-          f"({Path(str(config.real)).name} {config.real_split or ''})".strip())
+    where = Path(str(config.real)).name + (f" {config.real_split}" if config.real_split else "")
+    chart(rows, out / "ablation.png", title=f"{config.preset}: real road-surface IoU ({where})")
     write_text(out / "report.html", report_html(summary, out))
     return summary
 

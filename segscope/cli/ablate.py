@@ -27,7 +27,7 @@ from ._options import device_option, parse_size
               metavar="NAME=FACTOR=MODE[,...] | NAME=FOLDER",
               help="An extra setting: factor modes, or a folder of your own synthetic data.")
 @click.option("--no-all-on", is_flag=True, help="Leave out the all_on reference.")
-@click.option("--n", default=4000, show_default=True, type=click.IntRange(min=1),
+@click.option("--scenes", "n", default=4000, show_default=True, type=click.IntRange(min=1),
               help="Synthetic training scenes per setting (rendered on the fly).")
 @click.option("--size", default="128x192", show_default=True, help="Training image size HxW.")
 @click.option("--real-size", default=None, help="Resize real images to HxW before scoring.")
