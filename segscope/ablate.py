@@ -33,6 +33,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ._io import write_json, write_text
 from .errors import SegscopeError
 
@@ -92,6 +94,8 @@ class AblationConfig:
     # for tests: stop (as after Ctrl-C) before the N-th setting / after N iterations
     stop_after_settings: int | None = None
     stop_after_iters: int | None = None
+    diagnose: bool = True  # segscope diagnose fingerprint of every model
+    diagnose_synthetic: int = 24  # synthetic reference scenes for it
 
 
 # --------------------------------------------------------------------------- settings
@@ -247,7 +251,7 @@ def run_setting(config: AblationConfig, setting: Setting, real, device: str,
         "miou": m["miou"],
         "global_accuracy": m["global_accuracy"],
         "iou": iou,
-        "fingerprint": _fingerprint(model_path, config, device),
+        "fingerprint": _fingerprint(model.eval(), folder, config, setting),
     }
     write_json(result_path, result)
     log(f"{setting.name}: real road-surface IoU {_fmt(result['road_surface_iou'])}")
@@ -261,21 +265,41 @@ def _train_seconds(folder: Path) -> float | None:
     return None
 
 
-def _fingerprint(model_path: Path, config: AblationConfig, device: str) -> dict[str, Any]:
-    """The ``diagnose`` fingerprint of a model, when segscope has that command."""
+def _fingerprint(model, folder: Path, config: AblationConfig, setting: Setting
+                 ) -> dict[str, Any]:
+    """The ``diagnose`` fingerprint of one model: its failure score on the real images
+    against synthetic scenes of its own training data (``runs/<setting>/diagnose/``)."""
+    if not config.diagnose:
+        return {"available": False, "note": "switched off (--no-diagnose)"}
+    from .data.synthetic import SyntheticRoads
+    from .diagnose import Source, _Labelled, diagnose, open_synthetic
+    from .diagnose_report import write_diagnosis
+
+    size = config.real_size or config.size
+    if setting.folder is not None and (Path(setting.folder) / "manifest.json").is_file():
+        syn = open_synthetic(setting.folder, size=size, limit=config.diagnose_synthetic)
+    else:
+        data = SyntheticRoads(config.diagnose_synthetic, size=size, seed=config.seed + 1,
+                              preset=config.preset,
+                              factors={**config.base_factors, **setting.factors})
+        n = len(data)
+        syn = Source("synthetic", f"synthetic:{n}:{config.preset}:{config.seed + 1}",
+                     _Labelled(data, True), [f"{i:06d}" for i in range(n)],
+                     [f"synthetic:{i}" for i in range(n)], True)
     try:
-        from . import diagnose  # noqa: F401  (built separately; may be absent)
-    except ImportError:
-        return {"available": False,
-                "note": "segscope diagnose is not part of this installation"}
-    fn = getattr(diagnose, "fingerprint", None) or getattr(diagnose, "diagnose", None)
-    if fn is None:
-        return {"available": False, "note": "segscope.diagnose has no fingerprint API"}
-    try:
-        out = fn(str(model_path), real=str(config.real), device=device)
-    except TypeError:
-        return {"available": False, "note": "segscope.diagnose API not understood"}
-    return {"available": True, "result": out}
+        d = diagnose(model, syn, str(config.real), split=config.real_split, size=size,
+                     limit=config.real_limit, n_boot=200, top=4, quiet=True,
+                     cache_dir=folder / "diagnose" / "fingerprints")
+    except SegscopeError as exc:  # e.g. a model that predicts no road at all
+        return {"available": False, "note": f"diagnose skipped: {exc}"}
+    write_diagnosis(d, folder / "diagnose", model, syn, None)
+    fs = next((r for r in d.correlations if r["score"] == "failure_score"), None)
+    return {"available": True, "report": str((folder / "diagnose" / "report.html")
+                                             .relative_to(config.out)),
+            "failure_score_spearman": fs["spearman"] if fs else None,
+            "winner": d.winner["score"] if d.winner else None,
+            "mean_failure_score": float(np.nanmean([r["failure_score"] for r in d.rows
+                                                    if r["dataset"] == "real"]))}
 
 
 def _fmt(v) -> str:

@@ -14,7 +14,7 @@ from segscope.errors import SegscopeError
 from tests._cli import run_cli
 
 TINY = dict(n=8, size=(32, 48), width=0.0625, iters=4, batch_size=2, checkpoint_every=2,
-            device="cpu", quiet=True, real_split=None)
+            device="cpu", quiet=True, real_split=None, diagnose=False)
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +69,14 @@ def _weights(path):
 
 def test_an_interrupted_ablation_resumes_and_ends_as_an_uninterrupted_one(tmp_path, real):
     base = dict(TINY, real=str(real), preset="urban", factors=["shadows"])
-    whole = run_ablation(AblationConfig(out=str(tmp_path / "whole"), **base))
+    whole = run_ablation(AblationConfig(out=str(tmp_path / "whole"),
+                                        **{**base, "diagnose": True, "diagnose_synthetic": 3}))
     rows = {r["setting"]: r for r in whole["rows"]}
+    for r in rows.values():  # the diagnose fingerprint of every model (or why not)
+        fp = r["fingerprint"]
+        assert fp["available"] or fp["note"].startswith("diagnose skipped"), fp
+        if fp["available"]:
+            assert (tmp_path / "whole" / fp["report"]).is_file()
     assert set(rows) == {"all_on", "no_shadows"}
     assert 0.0 <= rows["all_on"]["road_surface_iou"] <= 1.0
     assert rows["all_on"]["delta_to_all_on"] == 0.0

@@ -43,13 +43,15 @@ from ._options import device_option, parse_size
               help="Checkpoint each training every N iterations (what a resume keeps).")
 @click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0),
               help="DataLoader workers rendering the scenes.")
+@click.option("--diagnose/--no-diagnose", "run_diagnose", default=True, show_default=True,
+              help="Run the segscope diagnose fingerprint of every model on the real set.")
 @device_option
 @click.option("--resume", is_flag=True, help="Continue an interrupted ablation in --out.")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier ablation in --out.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 def ablate(real, real_split, out, preset, factor_list, factor_mode, base, settings, no_all_on,
            n, size, real_size, real_limit, width, iters, batch_size, lr, seed,
-           checkpoint_every, workers, device, resume, overwrite, quiet) -> None:
+           checkpoint_every, workers, run_diagnose, device, resume, overwrite, quiet) -> None:
     """Train one model per factor setting of the synthetic data, score each on a real set.
 
     The settings are: all_on (the preset), no_<factor> for each factor (switched off),
@@ -81,7 +83,7 @@ def ablate(real, real_split, out, preset, factor_list, factor_mode, base, settin
         real_size=parse_size(real_size) if real_size else None, real_limit=real_limit,
         width=width, iters=iters, batch_size=batch_size, lr=lr,
         checkpoint_every=checkpoint_every, workers=workers, device=device, quiet=quiet,
-        resume=resume, overwrite=overwrite)
+        resume=resume, overwrite=overwrite, diagnose=run_diagnose)
 
     def log(text: str) -> None:
         if not quiet:
