@@ -480,7 +480,7 @@ def report_html(summary: dict[str, Any], folder: Path) -> str:
     """The self-contained report page (chart inlined), from ``templates/ablation.html.j2``."""
     from markupsafe import Markup
 
-    from .report import RenderedTable, embed_figure, render_page
+    from .html import RenderedTable, embed_figure, render_page
 
     rows = summary["rows"]
     table = RenderedTable(

@@ -283,8 +283,8 @@ def step_study(ctx: DemoContext) -> None:
 
 def step_diagnose(ctx: DemoContext) -> None:
     """With ``--real``: a quick ``segscope diagnose`` of the model into ``<out>/diagnose``
-    (see :func:`segscope.diagnose.demo_step`)."""
-    from .diagnose import demo_step
+    (see :func:`segscope.diagnose_report.demo_step`)."""
+    from .diagnose_report import demo_step
 
     demo_step(ctx)
 

@@ -1,6 +1,8 @@
 """The output folder of ``segscope diagnose``: images.csv, diagnosis.json, figures, report.
 
-:func:`write_diagnosis` writes every file of a :class:`~segscope.diagnose.Diagnosis`;
+:func:`run_diagnose` is the command (claim the folder, diagnose, write it; under torchrun
+rank 0 writes), :func:`demo_step` the demo's quick diagnosis, and :func:`write_diagnosis`
+writes every file of a :class:`~segscope.diagnose.Diagnosis`;
 ``report.html`` is self-contained (figures inlined, styled like the study's report) and
 every number in it comes from ``diagnosis.json``.
 """
@@ -11,6 +13,7 @@ import csv
 import io
 import math
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -19,7 +22,17 @@ import numpy as np
 import torch
 
 from ._io import write_json, write_text
-from .diagnose import SCORES, Diagnosis
+from .diagnose import (
+    SCORES,
+    Diagnosis,
+    Source,
+    _Labelled,
+    check_settings,
+    diagnose,
+    open_real,
+    open_synthetic,
+)
+from .errors import SegscopeError
 
 #: Real images shown on the contact sheet of the most likely failures.
 CONTACT_IMAGES = 12
@@ -146,7 +159,7 @@ def _f(v: Any, d: int = 2) -> str:
 def render_report(summary: dict[str, Any], folder: Path) -> str:
     """The diagnosis report as one self-contained HTML page (``templates/diagnosis.html.j2``,
     the study report's style); every number comes from ``summary``."""
-    from .report import RenderedTable, embed_figure, render_page
+    from .html import RenderedTable, embed_figure, render_page
 
     figures = summary.get("figures", {})
 
@@ -200,3 +213,127 @@ def render_report(summary: dict[str, Any], folder: Path) -> str:
         channels=fig("channels", "Each top channel's relevance at the pixels on a badly "
                                  "segmented real image and on the synthetic image where it "
                                  "is strongest."))
+
+
+# -- the command -------------------------------------------------------------------------------
+def _agree(world: int, error: str | None) -> None:
+    """Raise on every process when any one of them failed (rank 0's message first)."""
+    if world > 1:
+        import torch.distributed as dist
+
+        errors: list[Any] = [None] * world
+        dist.all_gather_object(errors, error)
+        error = next((e for e in errors if e), None)
+    if error:
+        raise SegscopeError(error)
+
+
+def run_diagnose(checkpoint: str | os.PathLike, out: str | os.PathLike, *, synthetic: str,
+                 real: str | os.PathLike, resume: bool = False, overwrite: bool = False,
+                 device: str = "auto", size: tuple[int, int] | None = None,
+                 **kwargs: Any) -> dict[str, Any] | None:
+    """``segscope diagnose``: load the checkpoint, claim ``out``, diagnose, write the
+    folder. Under torchrun every process fingerprints its share; rank 0 writes. Returns
+    the summary on rank 0 (with ``report``: the report's path), None on the others."""
+    from .checkpoint import load_model
+    from .outdir import claim_output, read_marker
+    from .training import _setup_distributed
+
+    ckpt = Path(checkpoint)
+    if not ckpt.is_file():
+        raise SegscopeError(f"checkpoint not found: {ckpt}")
+    d = _setup_distributed(device)
+    try:
+        model, meta = load_model(ckpt, map_location=d.device)
+        model = model.to(d.device).eval()
+        trained = (meta.get("train_config") or {}).get("size") if isinstance(meta, dict) else None
+        if size is None and isinstance(trained, list | tuple) and len(trained) == 2:
+            size = (int(trained[0]), int(trained[1]))
+        settings = {"checkpoint": str(ckpt.resolve()), "synthetic": str(synthetic),
+                    "real": str(Path(real).expanduser().resolve()),
+                    "size": list(size) if size else None,
+                    **{k: kwargs.get(k) for k in ("split", "data_kind", "labels", "cls",
+                                                  "assign", "rule", "limit")}}
+        settings["id_map"] = str(kwargs["id_map"]) if kwargs.get("id_map") else None
+        # Bad input fails here, before the output folder is touched.
+        syn = open_synthetic(synthetic, size=size)
+        rea = open_real(real, split=kwargs.get("split"), labels=kwargs.get("labels"),
+                        kind=kwargs.get("data_kind", "auto"), id_map=kwargs.get("id_map"),
+                        size=size, limit=kwargs.get("limit"))
+        check_settings(model, kwargs.get("cls", "road"), kwargs.get("assign", "score"),
+                       kwargs.get("rule", "alpha1beta0"), rea)
+        error = None
+        if d.rank == 0:
+            try:
+                if resume:
+                    mark = read_marker(out) or {}
+                    old = mark.get("settings")
+                    if mark.get("command") == "diagnose" and old and old != settings:
+                        diff = [k for k in settings if old.get(k) != settings[k]]
+                        raise SegscopeError(
+                            f"--resume: {out} holds a diagnosis with other settings "
+                            f"({', '.join(diff)}); use --overwrite or another --out")
+                claim_output(out, "diagnose", resume=resume, overwrite=overwrite,
+                             settings=settings)
+            except SegscopeError as exc:
+                error = str(exc)
+        _agree(d.world, error)
+        out = Path(out)
+        diag = diagnose(model, syn, rea, size=size, cache_dir=out / "fingerprints",
+                        **{k: v for k, v in kwargs.items()
+                           if k not in ("split", "labels", "data_kind", "id_map", "limit")})
+        if d.rank != 0:
+            return None
+        report = write_diagnosis(diag, out, model, syn, rea,
+                                 extra={"checkpoint": str(ckpt), "device": str(d.device),
+                                        "processes": d.world})
+        summary = diag.summary()
+        summary["report"] = str(report)
+        return summary
+    finally:
+        if d.world > 1 and d.initialised_here:
+            import torch.distributed as dist
+
+            dist.barrier()
+            dist.destroy_process_group()
+
+
+def demo_step(ctx) -> None:
+    """``segscope demo --real``'s diagnosis step: a quick :func:`diagnose` of the trained
+    model on the demo's real images against a few synthetic validation scenes, written to
+    ``<out>/diagnose`` (report.html, images.csv, diagnosis.json) and recorded in
+    ``ctx.summary["diagnose"]``. Without ``--real`` it records that it was skipped."""
+
+    o = ctx.options
+    data = ctx.data.get("real")
+    if not o.real or data is None:
+        ctx.summary["diagnose"] = None
+        return
+    size = tuple(ctx.data.get("real_size") or o.size)
+    files = getattr(data, "files", None) or []
+    n = len(data)
+    names = [Path(files[i][0]).name if i < len(files) else f"{i:06d}" for i in range(n)]
+    paths = [str(Path(files[i][0]).resolve()) if i < len(files) else f"real:{i}"
+             for i in range(n)]
+    real = Source("real", str(o.real), _Labelled(data, True), names, paths, True,
+                  road_surface=not getattr(data, "has_markings", True),
+                  info={"root": str(Path(o.real).expanduser().resolve()),
+                        "split": ctx.data.get("real_split"), "kind": type(data).__name__})
+    spec = f"synthetic:{4 if o.quick else 24}:{o.preset}:{o.seed + 1}"
+    syn = open_synthetic(spec, size=size)
+    try:
+        d = diagnose(ctx.model, syn, real, n_boot=200, top=2 if o.quick else 4,
+                     quiet=o.quiet or not sys.stderr.isatty())
+    except SegscopeError as exc:  # e.g. a model that predicts no road yet
+        ctx.summary["diagnose"] = {"skipped": str(exc)}
+        ctx.log(f"diagnose skipped: {exc}")
+        return
+    folder = ctx.out / "diagnose"
+    report = write_diagnosis(d, folder, ctx.model, syn, real,
+                             extra={"checkpoint": str(ctx.model_path)})
+    fs = next((r for r in d.correlations if r["score"] == "failure_score"), None)
+    ctx.summary["diagnose"] = {
+        "folder": str(folder), "report": str(report), "synthetic": spec,
+        "failure_score_spearman": fs["spearman"] if fs else None,
+        "winner": d.winner["score"] if d.winner else None}
+    ctx.log(f"diagnose: {report}")

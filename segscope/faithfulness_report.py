@@ -14,7 +14,7 @@ from typing import Any
 
 from ._io import write_text
 from .errors import SegscopeError
-from .report import RenderedTable, embed_figure, num, render_page
+from .html import RenderedTable, embed_figure, num, render_page
 
 REPORT_NAME = "report.html"
 TEMPLATE = "faithfulness.html.j2"

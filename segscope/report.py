@@ -18,8 +18,6 @@ that names a field the data does not have raises instead of printing a blank.
 
 from __future__ import annotations
 
-import base64
-import functools
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -30,14 +28,19 @@ from typing import TYPE_CHECKING, Any
 from ._io import write_text
 from ._typed import from_json
 from .errors import SegscopeError
+from .html import (
+    SUMMARY_NAME,
+    EmbeddedFigure,
+    RenderedTable,
+    caption_template,
+    embed_figure,
+    render_page,
+)
 
 if TYPE_CHECKING:
-    import jinja2
-
     from .analyses import Analysis
 
 REPORT_NAME = "report.html"
-SUMMARY_NAME = "summary.json"
 TEMPLATE = "report.html.j2"
 
 
@@ -79,23 +82,6 @@ class StudyHeader:
     settings: SettingsInfo = field(default_factory=SettingsInfo)
     notes: list[str] = field(default_factory=list)
     tables: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass
-class RenderedTable:
-    header: Sequence[str]
-    rows: list[list[Any]]
-
-
-@dataclass
-class EmbeddedFigure:
-    """A PNG of the folder as a page shows it (see :func:`embed_figure`)."""
-
-    file: str
-    alt: str
-    image: str | None  # base64 PNG; None when the file is missing
-    caption: Any  # str, or markupsafe.Markup for HTML
-    folder_word: str = "study"  # "figure X is missing from the <word> folder"
 
 
 @dataclass
@@ -193,97 +179,3 @@ def render(summary: Mapping[str, Any], folder: Path,
     return render_page(TEMPLATE, h=header, sections=sections, summary_name=SUMMARY_NAME)
 
 
-def render_page(template: str, **context: Any) -> str:
-    """A page from one of segscope's templates (``segscope/templates``): they extend
-    ``base.html.j2`` (the style, no script, nothing to fetch) and may import the
-    ``figure`` and ``table`` macros of ``macros.html.j2``."""
-    return environment().get_template(template).render(**context)
-
-
-# -- the template environment ---------------------------------------------------------------------
-@functools.cache
-def environment() -> jinja2.Environment:
-    """The report's Jinja2 environment: package templates, autoescape, StrictUndefined,
-    and the number filters ``pct``, ``num``, ``fixed`` and ``largest``."""
-    import jinja2
-
-    env = jinja2.Environment(
-        loader=jinja2.PackageLoader("segscope", "templates"),
-        undefined=jinja2.StrictUndefined, autoescape=True, keep_trailing_newline=True)
-    env.filters.update(pct=pct, num=num, fixed=fixed, largest=largest)
-    return env
-
-
-@functools.cache
-def caption_template(source: str) -> jinja2.Template:
-    """A caption template, compiled once."""
-    return environment().from_string(source)
-
-
-def pct(v: float | None, digits: int = 1) -> str:
-    """A share as a percentage, ``"n/a"`` for None or NaN, never ``"-0.0 %"``."""
-    if v is None or float(v) != float(v):
-        return "n/a"
-    x = round(100 * float(v), digits)
-    return f"{x if x != 0 else 0.0:.{digits}f} %"
-
-
-def num(v: float | None, digits: int = 3) -> str:
-    """``digits`` significant digits, ``"n/a"`` for None or NaN."""
-    if v is None:
-        return "n/a"
-    v = float(v)
-    return "n/a" if v != v else f"{v:.{digits}g}"
-
-
-def fixed(v: float, digits: int = 2) -> str:
-    """``digits`` decimals."""
-    return f"{float(v):.{digits}f}"
-
-
-def largest(mapping: Mapping[str, float], n: int) -> list[tuple[str, float]]:
-    """The ``n`` items of ``mapping`` with the largest absolute values (ties: in order)."""
-    return sorted(mapping.items(), key=lambda kv: -abs(kv[1]))[:n]
-
-
-# -- figures -----------------------------------------------------------------------------------
-def embed_figure(folder: str | os.PathLike, name: str, caption: Any, key: str = "",
-                 folder_word: str = "study") -> EmbeddedFigure:
-    """The figure ``name`` of ``folder``, base64-encoded for a page, after checking that
-    it lies inside the folder and is a whole PNG.
-
-    A missing file gives ``image=None`` (the page says it is missing); an absolute path,
-    a path or link leading out of the folder, a truncated or non-PNG file is a
-    :class:`SegscopeError` naming ``summary.json.figures.<key>``.
-    """
-    from PIL import Image
-
-    folder = Path(folder)
-    where = f"{SUMMARY_NAME}.figures.{key}" if key else f"figure {name}"
-    shown = EmbeddedFigure(file=Path(name).name, alt=Path(name).stem, image=None,
-                           caption=caption, folder_word=folder_word)
-    if not name or Path(name).is_absolute() or Path(name).drive:
-        raise SegscopeError(f"{where} is {name!r}: a report embeds only files inside its "
-                            "folder, named relative to it")
-    root = folder.resolve()
-    path = (folder / name).resolve()
-    if not path.is_relative_to(root):
-        raise SegscopeError(f"{where} is {name!r}, which is outside the {folder_word} "
-                            "folder; a report embeds only files inside its folder")
-    if not path.exists():
-        return shown
-    if not path.is_file():
-        raise SegscopeError(f"{where}: {name} is not a file")
-    data = path.read_bytes()
-    try:
-        with Image.open(path) as img:
-            if img.format != "PNG":
-                raise SegscopeError(f"{where}: {name} is a {img.format} file, not a PNG")
-            img.load()  # decodes every row: a truncated file raises here
-    except SegscopeError:
-        raise
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise SegscopeError(f"{where}: {name} is not a readable PNG ({exc}); run again "
-                            "to write it") from None
-    shown.image = base64.b64encode(data).decode("ascii")
-    return shown

@@ -23,7 +23,7 @@ from segscope.analyses import (
     StudySettings,
 )
 from segscope.errors import SegscopeError
-from segscope.report import caption_template
+from segscope.html import caption_template
 
 
 def test_registry_keys_and_figures_are_unique_and_complete():

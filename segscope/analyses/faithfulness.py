@@ -46,7 +46,7 @@ rule, with sanity checks."""
 
 
 def _rows(d: FaithfulnessData) -> list[list[str]]:
-    from ..report import num
+    from ..html import num
 
     return [[r.method, str(r.images),
              f"{num(r.aopc_morf)} [{num(r.aopc_morf_lo)}, {num(r.aopc_morf_hi)}]",

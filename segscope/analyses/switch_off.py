@@ -34,7 +34,7 @@ negative."""
 
 
 def _rows(d: SwitchOffData) -> list[list[str]]:
-    from ..report import pct
+    from ..html import pct
 
     return [[pct(float(k), 0), pct(v)] for k, v in d.pixel_shares.items()]
 

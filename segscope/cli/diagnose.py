@@ -65,7 +65,7 @@ def diagnose(checkpoint, synthetic, real, split, data_kind, id_map, labels, cls,
     measured against IoU. Writes images.csv, diagnosis.json, figures and report.html.
     Runs under torchrun --nproc_per_node=N (images shared out, rows gathered on rank 0).
     """
-    from ..diagnose import run_diagnose
+    from ..diagnose_report import run_diagnose
 
     summary = run_diagnose(
         checkpoint, out, synthetic=synthetic, real=real, split=split, data_kind=data_kind,
