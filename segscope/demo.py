@@ -38,13 +38,16 @@ class DemoOptions:
     split: str | None = None  # of --real; None: val, else the only split there is
     device: str = "auto"
     seed: int = 0
-    preset: str = "narrow"
+    # the preset that transferred best to CamVid val as the demo scores it (0.76 road
+    # surface after 1200 iterations, against 0.47 for narrow; README "Synthetic data that
+    # transfers")
+    preset: str = "randomized"
     size: tuple[int, int] = (128, 192)
     width: float = 0.25
     n_train: int = 800
     n_val: int = 100
     n_monitor: int = 24
-    iters: int = 400
+    iters: int = 1200
     batch_size: int = 8
     optimizer: str = "adam"
     lr: float = 3e-3
