@@ -484,10 +484,12 @@ def report_html(summary: dict[str, Any], folder: Path) -> str:
 
     rows = summary["rows"]
     table = RenderedTable(
-        ["setting", "training data", "real road-surface IoU", "Δ to all on", "mIoU"],
+        ["setting", "training data", "real road-surface IoU", "Δ to all on", "mIoU",
+         "diagnose: mean failure score", "failure score ~ IoU (Spearman)"],
         [[r["setting"], r["data"], _fmt(r["road_surface_iou"]),
           "" if r["delta_to_all_on"] is None else f"{r['delta_to_all_on']:+.3f}",
-          _fmt(r["miou"])] for r in rows])
+          _fmt(r["miou"]), _fmt(r.get("fingerprint", {}).get("mean_failure_score")),
+          _fmt(r.get("fingerprint", {}).get("failure_score_spearman"))] for r in rows])
     ranked = sorted((r for r in rows if r["delta_to_all_on"] is not None
                      and r["setting"] != ALL_ON), key=lambda r: r["delta_to_all_on"])
     chart_figure = embed_figure(
@@ -500,7 +502,8 @@ def report_html(summary: dict[str, Any], folder: Path) -> str:
         real=str(summary["real"]), real_split=str(summary["real_split"]),
         created=summary["created"], chart=chart_figure, table=table,
         ranked=[(r["setting"], f"{r['delta_to_all_on']:+.3f}") for r in ranked],
-        fingerprints=any(r.get("fingerprint", {}).get("available") for r in rows))
+        fingerprints=[r["fingerprint"]["report"] for r in rows
+                      if r.get("fingerprint", {}).get("available")])
 
 
 __all__ = ["ALL_ON", "AblationConfig", "Setting", "ablation_settings", "chart",

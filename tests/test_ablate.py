@@ -77,6 +77,7 @@ def test_an_interrupted_ablation_resumes_and_ends_as_an_uninterrupted_one(tmp_pa
         assert fp["available"] or fp["note"].startswith("diagnose skipped"), fp
         if fp["available"]:
             assert (tmp_path / "whole" / fp["report"]).is_file()
+            assert fp["report"] in (tmp_path / "whole" / "report.html").read_text()
     assert set(rows) == {"all_on", "no_shadows"}
     assert 0.0 <= rows["all_on"]["road_surface_iou"] <= 1.0
     assert rows["all_on"]["delta_to_all_on"] == 0.0
