@@ -65,6 +65,20 @@ class ConvBNReLU(nn.Sequential):
         self.relu = nn.ReLU(inplace=False)
 
 
+def fold_padding(r: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """The adjoint of :meth:`SegNet.pad`: a (..., H', W') gradient or relevance of the
+    padded map, folded back onto the (..., h, w) map, every padded row/column added to
+    the last row/column it copies."""
+    out = r[..., :h, :w].clone()
+    if r.shape[-2] > h:
+        out[..., h - 1, :] += r[..., h:, :w].sum(dim=-2)
+    if r.shape[-1] > w:
+        out[..., :, w - 1] += r[..., :h, w:].sum(dim=-1)
+    if r.shape[-2] > h and r.shape[-1] > w:
+        out[..., h - 1, w - 1] += r[..., h:, w:].sum(dim=(-2, -1))
+    return out
+
+
 class SegNet(nn.Module):
     """SegNet with a VGG16-BN encoder and a mirrored decoder (SPEC §2).
 
@@ -81,8 +95,10 @@ class SegNet(nn.Module):
     Notes
     -----
     ``forward`` takes images in [0, 1] straight into ``conv1_1``. Any height and width
-    work: sizes that are not multiples of 32 are zero-padded at the bottom and right and
-    the scores are cropped back.
+    work: sizes that are not multiples of 32 are padded at the bottom and right by
+    repeating the last row and column (edge replication), and the scores are cropped back.
+    Zero padding would put black rows under the road, where a model trained at a multiple
+    of 32 never saw any: on CamVid at 144x192 it took a model's road IoU from 0.82 to 0.20.
     """
 
     def __init__(
@@ -173,12 +189,12 @@ class SegNet(nn.Module):
         return (math.ceil(height / STRIDE) * STRIDE, math.ceil(width / STRIDE) * STRIDE)
 
     def pad(self, x: torch.Tensor) -> torch.Tensor:
-        """Zero-pad (N,3,H,W) at the bottom and right to multiples of 32."""
+        """Pad (N,3,H,W) at the bottom and right to multiples of 32 by edge replication."""
         h, w = x.shape[-2:]
         ph, pw = self.padded_size(h, w)
         if (ph, pw) == (h, w):
             return x
-        return F.pad(x, (0, pw - w, 0, ph - h))
+        return F.pad(x, (0, pw - w, 0, ph - h), mode="replicate")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != 3:

@@ -107,7 +107,7 @@ def test_segnet_map_matches_a_reference_with_padding_and_upsampling(tiny_segnet)
     store = {}
     module = tiny_segnet.layer("conv5_1_D")
     handle = module.register_forward_hook(lambda m, i, o: store.update(a=o))
-    x = torch.nn.functional.pad(image[None], (0, 96 - 70, 0, 64 - 50))
+    x = torch.nn.functional.pad(image[None], (0, 96 - 70, 0, 64 - 50), mode="replicate")
     out = tiny_segnet(x)
     store["a"].retain_grad()
     out[0, 1, :50, :70][mask].sum().backward()
@@ -129,7 +129,8 @@ def test_data_layer_and_pool_layers(tiny_segnet):
     concept = Concept.pixel("background", 10, 20)
     # 'data' lives in the padded frame like every other layer: A is the padded input
     # (3,32,64) and Z = 32·64; the map is then cropped to the image.
-    x = torch.nn.functional.pad(image, (0, 16)).requires_grad_(True)
+    x = torch.nn.functional.pad(image[None], (0, 16, 0, 0), mode="replicate")[0]
+    x.requires_grad_(True)
     tiny_segnet(x[None])[0, 0, 10, 20].backward()
     alpha = x.grad.mean(dim=(1, 2))
     expected = torch.relu(torch.einsum("k,kij->ij", alpha, x.detach()))[:, :48]

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from ..errors import SegscopeError
+from ..models import fold_padding
 from .checks import check_image, check_scores, model_device
 from .concepts import Concept
 from .result import Attribution
@@ -298,9 +299,11 @@ def _input_gradient(
         return layer_gradients(model, image, concept, ["data"])
 
 
-def _cropped(g: LayerGradients, name: str = "data") -> torch.Tensor:
+def _cropped(g: LayerGradients) -> torch.Tensor:
+    """The input gradient with respect to the image's own pixels: SegNet's padded pixels
+    copy the last row/column, so their gradient adds to the pixel they copy."""
     h, w = g.size
-    return g.gradients[name][:, :h, :w]
+    return fold_padding(g.gradients["data"], h, w)
 
 
 def sensitivity(model: nn.Module, image: torch.Tensor, concept: Concept) -> Attribution:

@@ -159,8 +159,9 @@ def _check(module: nn.Module, types: tuple[type, ...], name: str) -> None:
 def segnet_graph(model: SegNet) -> Graph:
     """The node list of a :class:`~segscope.models.SegNet`, from its known structure.
 
-    ``data`` is the image as given; a ``pad`` node pads it to multiples of 32 (relevance
-    reaching padded pixels is dropped, see :class:`segscope.explain.nodes.Pad`), and a ``crop``
+    ``data`` is the image as given; a ``pad`` node pads it to multiples of 32 by edge
+    replication (relevance of padded pixels returns to the pixels they copy, see
+    :class:`segscope.explain.nodes.Pad`), and a ``crop``
     node after ``conv1_1_D`` crops the scores back; layer ``conv1_1_D`` is the cropped
     scores (K,H,W). A conv layer's relevance is taken at its ReLU output.
     """

@@ -22,11 +22,12 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import SegscopeError
+from ..models import fold_padding
 from .boxes import Box, area, clip, crop, inside, pair, union, window
 from .graph import Node
 from .ops import ConvOp, LinearMapOp, WindowOp
 from .rules import Rule, SplitRule
-from .sparse import LAYOUT, Boxed, OneHot, Relevance, buffer, dense, flat, total, values, zeros
+from .sparse import LAYOUT, Boxed, OneHot, Relevance, buffer, dense, flat, values, zeros
 
 if TYPE_CHECKING:
     from .state import ForwardState
@@ -451,31 +452,34 @@ class MaxUnpool(NodeKind):
 
 # -- SegNet's padding to multiples of 32 --------------------------------------------------
 class Pad(NodeKind):
-    """Zero padding at the bottom/right to a multiple; relevance reaching it is dropped."""
+    """Edge-replicating padding at the bottom/right to a multiple (SegNet's ``pad``).
+
+    A padded pixel is a copy of the last row/column: its relevance goes back to the pixel
+    it copies, so nothing is lost here.
+    """
 
     kind = "pad"
 
     def forward(self, state, ins):
         m = self.params["multiple"]
         h, w = ins[0].shape[-2:]
-        return F.pad(ins[0], (0, -w % m, 0, -h % m)).contiguous(memory_format=LAYOUT)
+        if not (-h % m or -w % m):
+            return ins[0].contiguous(memory_format=LAYOUT)
+        return F.pad(ins[0], (0, -w % m, 0, -h % m),
+                     mode="replicate").contiguous(memory_format=LAYOUT)
 
     def input_box(self, state, box, j):
-        return clip(box, state.shapes[j][-2:])
-
-    def dropped(self, state, r):
-        # summed over the padding itself: exactly 0 when nothing reached it
-        h, w = state.shapes[self.inputs[0]][-2:]
-        rd = dense(r)
-        return total(rd[..., h:, :]) + total(rd[..., :h, w:])
+        h, w = state.shapes[j][-2:]
+        # a box reaching into the padding reaches the last row/column it copies
+        return clip((min(box[0], h - 1), box[1], min(box[2], w - 1), box[3]), (h, w))
 
     def backward(self, state, r, step):
         src = self.inputs[0]
         r = r.dense() if isinstance(r, Boxed) else r
         h, w = state.shapes[src][-2:]
         if isinstance(r, OneHot):
-            return [(src, r.map(lambda v: v[..., :h, :w]))]
-        return [(src, r[..., :h, :w])]
+            return [(src, r.map(lambda v: fold_padding(v, h, w)))]
+        return [(src, fold_padding(r, h, w))]
 
 
 class Crop(NodeKind):

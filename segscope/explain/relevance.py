@@ -21,10 +21,9 @@ concatenation splits it by channel and addition splits it in proportion to the t
 summands (z_a / (z_a + z_b), no bias). At the pixels the three colour channels are
 summed (eq 8.1).
 
-SegNet pads its input to multiples of 32 with zeros; relevance that reaches padded pixels
-is dropped and reported as :attr:`Explanation.dropped` (it is exactly 0 under the rules
-that multiply by the input, such as α-β, ε, γ and z⁺, because padded inputs are 0; z^B,
-flat and w² can send some there).
+SegNet pads its input to multiples of 32 by repeating the last row and column; relevance
+that reaches a padded pixel goes back to the pixel it copies, so it stays in the image.
+:attr:`Explanation.dropped` counts relevance that leaves the graph elsewhere (0 for SegNet).
 """
 
 from __future__ import annotations
@@ -76,7 +75,8 @@ class Explanation:
         {layer name: relevance lost at that layer} — the bias shares (eq 6.13) and the
         0/0-guarded shares; ``input_total + Σ absorbed + dropped == output_total``.
     dropped
-        Relevance that reached SegNet's zero padding (beyond the image) and was dropped.
+        Relevance that left the graph without reaching the input (0 for SegNet, whose
+        padding folds relevance back onto the edge pixels it copies).
     concept
         The :class:`Concept` explained; ``description`` says it in words.
     rule
