@@ -16,7 +16,7 @@ import io
 import numpy as np
 
 from .classes import MARKINGS, ROAD
-from .synthetic_render import F32, KERB, VEHICLE_SHAPES, Canvas, _draw_vehicle, _fence, _grain
+from .synthetic_canvas import F32, KERB, VEHICLE_SHAPES, Canvas, _draw_vehicle, _fence, _grain
 
 _BRICK = np.array([[0.56, 0.33, 0.25], [0.70, 0.62, 0.50], [0.60, 0.58, 0.55],
                    [0.45, 0.40, 0.36]], F32)
@@ -222,7 +222,7 @@ def parked_vehicles(cv: Canvas, p, rng) -> None:
                 cars.append((z, xc + rng.normal(0, 0.1), w, h, length, rng.random() < 0.5,
                              rng.integers(0, 7)))
             z += length + rng.uniform(0.8, 3.0)
-    from .synthetic_render import _CAR_COLOURS
+    from .synthetic_canvas import _CAR_COLOURS
 
     for z, xc, w, h, length, front, colour in sorted(cars):
         _draw_vehicle(cv, xc, z, w, h, length, _CAR_COLOURS[colour], False, front=front)
