@@ -205,8 +205,9 @@ def run_setting(config: AblationConfig, setting: Setting, real, device: str,
     import torch
 
     from .checkpoint import load_model
+    from .outdir import read_marker
     from .predict import evaluate_dataset
-    from .training import CHECKPOINT, TrainConfig, train
+    from .training import CHECKPOINT, train
 
     folder = Path(config.out) / "runs" / setting.name
     result_path = folder / "real_metrics.json"
@@ -219,16 +220,11 @@ def run_setting(config: AblationConfig, setting: Setting, real, device: str,
     model_path = folder / "model.safetensors"
     t0 = time.perf_counter()
     if not model_path.is_file():
-        resume = (folder / CHECKPOINT).is_file()
+        # a training killed before its first checkpoint has only its folder's mark
+        resume = (folder / CHECKPOINT).is_file() or \
+            (read_marker(folder) or {}).get("command") == "train"
         log(f"{setting.name}: {'resuming' if resume else 'training'} ({setting.describe()})")
-        tc = TrainConfig(
-            data=_training_data(config, setting), out=str(folder), size=config.size,
-            width=config.width, iters=config.iters, batch_size=config.batch_size,
-            optimizer=config.optimizer, lr=config.lr, weight_decay=config.weight_decay,
-            schedule=config.schedule, warmup=config.warmup, class_weights=config.class_weights,
-            checkpoint_every=config.checkpoint_every, seed=config.seed, device=device,
-            workers=config.workers, quiet=config.quiet, resume=resume,
-            stop_after=config.stop_after_iters)
+        tc = _train_config(config, setting, device, resume)
         with _single_process():
             done = train(tc)
         if done.interrupted:
@@ -256,6 +252,20 @@ def run_setting(config: AblationConfig, setting: Setting, real, device: str,
     write_json(result_path, result)
     log(f"{setting.name}: real road-surface IoU {_fmt(result['road_surface_iou'])}")
     return result
+
+
+def _train_config(config: AblationConfig, setting: Setting, device: str, resume: bool):
+    """The ordinary training run of one setting."""
+    from .training import TrainConfig
+
+    return TrainConfig(
+        data=_training_data(config, setting), out=str(Path(config.out) / "runs" / setting.name),
+        size=config.size, width=config.width, iters=config.iters,
+        batch_size=config.batch_size, optimizer=config.optimizer, lr=config.lr,
+        weight_decay=config.weight_decay, schedule=config.schedule, warmup=config.warmup,
+        class_weights=config.class_weights, checkpoint_every=config.checkpoint_every,
+        seed=config.seed, device=device, workers=config.workers, quiet=config.quiet,
+        resume=resume, stop_after=config.stop_after_iters)
 
 
 def _train_seconds(folder: Path) -> float | None:
@@ -327,6 +337,10 @@ def run_ablation(config: AblationConfig, log: Callable[[str], None] | None = Non
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     record = _config_json(config, settings)
+    from .training import check_config
+
+    for setting in settings:  # bad training settings fail here, before the folder is made
+        check_config(_train_config(config, setting, config.device, False))
     if rank == 0:
         claim_output(config.out, "ablate", resume=config.resume, overwrite=config.overwrite,
                      settings=record)

@@ -451,9 +451,12 @@ def run_faithfulness(
     sets = [("data", data)] + ([("real", real)] if real is not None else [])
     opened = []
     for key, spec in sets:
+        # --data-kind/--id-map describe the dataset folders given (a synthetic spec has
+        # its own labels)
+        synthetic = str(spec).startswith("synthetic")
         ds = open_dataset(spec, size=size if key == "data" else _real_size(size, spec),
-                          limit=cfg.images, kind=data_kind if key == "real" else "auto",
-                          id_map=id_map if key == "real" else None)
+                          limit=cfg.images, kind="auto" if synthetic else data_kind,
+                          id_map=None if synthetic else id_map)
         if len(ds) == 0:
             raise SegscopeError(f"no images in {spec}")
         opened.append((key, str(spec), ds))

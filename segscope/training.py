@@ -666,7 +666,8 @@ def _check_size(size: Any) -> None:
         raise SegscopeError(f"training setting size = {size!r:.40} is not (height, width)")
 
 
-def _check_config(c: TrainConfig) -> None:
+def check_config(c: TrainConfig) -> None:
+    """Raise a one-line :class:`SegscopeError` for any setting of ``c`` a run cannot use."""
     _check_types(c)
     if c.iters is None and c.epochs is None:
         raise SegscopeError("give the length of training: --iters N or --epochs N")
@@ -763,7 +764,7 @@ def train(config: TrainConfig) -> TrainResult:
             claim_output(out, "train", resume=True)  # only checks: a train run is there
         header, state_tensors, saved = resume_point(out)
         config = _merge_resumed(config, saved)
-    _check_config(config)
+    check_config(config)
     d = _setup_distributed(config.device)
     try:
         return _run(config, d, out, header, state_tensors, t0)

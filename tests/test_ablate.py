@@ -63,6 +63,17 @@ def test_missing_real_set_is_refused_before_any_training(tmp_path, capsys):
     assert code == 2 and "unknown factor 'shadow'" in err
 
 
+def test_bad_training_settings_are_refused_before_the_folder_is_made(tmp_path, real,
+                                                                     capsys):
+    for option, value, message in (("--lr", "nan", "lr = nan is not a finite number"),
+                                   ("--width", "0", "width must be in (0, 4]")):
+        out = tmp_path / f"a{option}"
+        code, _, err = run_cli(["ablate", "--real", str(real), "--factors", "shadows",
+                                option, value, "--out", str(out)], capsys)
+        assert code == 2 and message in err and err.count("\n") == 1, err
+        assert not out.exists()  # the corrected command can use the same --out
+
+
 def _weights(path):
     return load_model(path)[0].state_dict()
 

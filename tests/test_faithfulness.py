@@ -288,3 +288,27 @@ def test_quantus_region_perturbation_agrees():
                                baseline="colour:0,0,0")["m"].summary()["aopc_morf_raw"]
     theirs = quantus_aopc(quantus, model, [image], [mask], [1], [[rel]], patch=8, regions=16)[0][0]
     assert ours == pytest.approx(theirs, abs=1e-4)
+
+
+def test_cli_reads_a_plain_folder_with_its_id_map(tmp_path, tiny_checkpoint, capsys):
+    # a folder of image/label pairs in the user's ids (7 = road, 0 = everything else)
+    from PIL import Image
+
+    for sub in ("images", "labels"):
+        (tmp_path / "mine" / sub).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    label = np.zeros((32, 48), np.uint8)
+    label[16:, :] = 7
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 255, (32, 48, 3), dtype=np.uint8)).save(
+            tmp_path / "mine" / "images" / f"{i}.png")
+        Image.fromarray(label).save(tmp_path / "mine" / "labels" / f"{i}.png")
+    (tmp_path / "map.json").write_text('{"0": "background", "7": "road"}')
+    args = ["faithfulness", "-c", tiny_checkpoint, "--data", tmp_path / "mine",
+            "--data-kind", "folder", "--id-map", tmp_path / "map.json", "--size", "32x48",
+            "--concept", "label", "--class", "road", "--images", "2", "--methods", "random",
+            "--steps", "2", "--sanity-images", "0", "--out", tmp_path / "faith", "-q"]
+    code, _, err = run_cli(args, capsys)
+    assert code == 0, err
+    per_image = (tmp_path / "faith" / "per_image.csv").read_text().splitlines()
+    assert len(per_image) == 1 + 2 * 1  # header, then one row per image and method

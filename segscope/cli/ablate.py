@@ -10,8 +10,9 @@ from ._options import device_option, parse_size
 @click.command("ablate")
 @click.option("--real", required=True,
               help="Real dataset every model is scored on (CamVid, Cityscapes, a folder ...).")
-@click.option("--split", "real_split", default="val", show_default=True,
-              help="Split of the real dataset ('none' for datasets without splits).")
+@click.option("--split", "real_split", default=None,
+              help="Split of the real dataset (default: val when it has one, else the only "
+                   "split there is; 'none' for datasets without splits).")
 @click.option("--out", default="segscope-ablate", show_default=True, type=click.Path(),
               help="Output folder: runs/<setting>/, ablation.csv/.json/.png, report.html.")
 @click.option("--preset", default="urban", show_default=True,
