@@ -24,7 +24,7 @@ Relevance of each pixel (eq 8.1) for {{ d.concept }}, on its own blue-white-red 
 (eq 8.2) and blended over the image. Red pixels speak for the class. The pixels receive \
 {{ d.share_reaching_pixels|pct }} of the output relevance; the rest was absorbed by the \
 biases (§9.11)
-{%- if d.dropped_share %} or reached the zero padding beyond the image \
+{%- if d.dropped_share %} or left the graph before the pixels \
 ({{ d.dropped_share|pct }}){% endif %}."""
 
 LAYERWISE = """\
