@@ -143,6 +143,22 @@ class Canvas:
             return rs, cs, self.uu[rs, cs], self.vv[rs, cs]
         return rs, cs, self.uu[:, cs], self.vv[rs, :]
 
+    def ground_patch(self, x0, x1, z0, z1):
+        """The image window over the ground rectangle [x0,x1]x[z0,z1] (road metres, with
+        z0 < z1 <= zmax) and the road coordinates of its pixels: ``(rs, cs, vv, x, z)``,
+        or None when the rectangle is off the image."""
+        cu = [float(self.column(xx, zz)) for xx in (x0, x1) for zz in (z0, z1)]
+        win = self.window(min(cu), max(cu), float(self.ground_row(z1)),
+                          float(self.ground_row(z0)))
+        if win is None:
+            return None
+        rs, cs, uu, vv = win
+        p = self.p
+        z = np.interp(vv, self.vz[::-1], self.zs[::-1]).astype(F32)
+        x = uu * z / F32(self.f) + (F32(self.xcam) - F32(0.5 * p.curvature) * z * z
+                                    - F32(p.yaw) * z)
+        return rs, cs, vv, x, z
+
     def put(self, rs, cs, mask, z, colour) -> None:
         """Depth-tested paint of ``colour`` ((3,) or (h,w,3)) where ``mask``."""
         depth = self.depth[rs, cs]
@@ -223,15 +239,10 @@ def _ground_shadow(cv: Canvas, xs: float, zs: float, r: float, strength: float) 
     z0, z1 = zs - r, zs + r
     if z0 < 1.0 or z0 > cv.zmax:
         return
-    z1 = min(z1, cv.zmax)
-    cu = [float(cv.column(xx, zz)) for xx in (xs - r, xs + r) for zz in (z0, z1)]
-    win = cv.window(min(cu), max(cu), float(cv.ground_row(z1)), float(cv.ground_row(z0)))
-    if win is None:
+    patch = cv.ground_patch(xs - r, xs + r, z0, min(z1, cv.zmax))
+    if patch is None:
         return
-    rs, cs, uu, vv = win
-    p = cv.p
-    z = np.interp(vv, cv.vz[::-1], cv.zs[::-1]).astype(F32)
-    x = uu * z / F32(cv.f) + (F32(cv.xcam) - F32(0.5 * p.curvature) * z * z - F32(p.yaw) * z)
+    rs, cs, vv, x, z = patch
     d2 = ((x - F32(xs)) / F32(r)) ** 2 + ((z - F32(zs)) / F32(r)) ** 2
     m = (d2 < 1.0) & (vv > F32(cv.v_end))
     if m.any():

@@ -188,15 +188,10 @@ def segment_shadow(cv: Canvas, x0, z0, x1, z1, half_width, strength) -> None:
     zlo, zhi = max(min(z0, z1) - half_width, 1.0), min(max(z0, z1) + half_width, cv.zmax)
     if zlo >= zhi:
         return
-    xlo, xhi = min(x0, x1) - half_width, max(x0, x1) + half_width
-    cu = [float(cv.column(xx, zz)) for xx in (xlo, xhi) for zz in (zlo, zhi)]
-    win = cv.window(min(cu), max(cu), float(cv.ground_row(zhi)), float(cv.ground_row(zlo)))
-    if win is None:
+    patch = cv.ground_patch(min(x0, x1) - half_width, max(x0, x1) + half_width, zlo, zhi)
+    if patch is None:
         return
-    rs, cs, uu, vv = win
-    p = cv.p
-    z = np.interp(vv, cv.vz[::-1], cv.zs[::-1]).astype(F32)
-    x = uu * z / F32(cv.f) + (F32(cv.xcam) - F32(0.5 * p.curvature) * z * z - F32(p.yaw) * z)
+    rs, cs, vv, x, z = patch
     dx, dz = x1 - x0, z1 - z0
     n2 = dx * dx + dz * dz
     t = np.clip(((x - F32(x0)) * F32(dx) + (z - F32(z0)) * F32(dz)) / F32(max(n2, 1e-6)), 0, 1)
