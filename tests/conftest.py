@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _models import tiny_model
 
 import segscope
 
@@ -32,15 +33,4 @@ def camvid_root() -> Path:
 @pytest.fixture
 def tiny_segnet() -> segscope.SegNet:
     """A small SegNet (width 1/16) with non-trivial BN statistics, in eval mode."""
-    torch.manual_seed(0)
-    model = segscope.SegNet(num_classes=3, width=0.0625)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.2, 0.2)
-                m.running_var.uniform_(0.5, 1.5)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.1, 0.1)
-            elif isinstance(m, torch.nn.Conv2d):
-                m.bias.uniform_(-0.05, 0.05)
-    return model.eval()
+    return tiny_model()
