@@ -112,15 +112,22 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     raw = _header(path).get(META_KEY)
     if raw is None:
         raise SegscopeError(f"{path} is a safetensors file without segscope metadata")
-    try:
-        meta = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise SegscopeError(f"{path}: corrupt segscope metadata ({exc})") from None
-    if not isinstance(meta, dict):
-        raise SegscopeError(f"{path}: segscope metadata is a JSON {type(meta).__name__}, "
-                            "not an object")
+    meta = json_object(raw, path, "segscope metadata", "segscope metadata")
     model_config(meta, path)
     return meta
+
+
+def json_object(raw: str, path: str | os.PathLike, what: str, subject: str) -> dict[str, Any]:
+    """``raw`` read as a JSON object; a one-line error naming ``path`` otherwise
+    ("corrupt <what>", "<subject> is a JSON list, not an object")."""
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise SegscopeError(f"{path}: corrupt {what} ({exc})") from None
+    if not isinstance(value, dict):
+        raise SegscopeError(f"{path}: {subject} is a JSON {type(value).__name__}, "
+                            "not an object")
+    return value
 
 
 def read_header(path: str | os.PathLike) -> dict[str, str]:

@@ -42,6 +42,7 @@ from ._io import atomic_path, write_json, write_text
 from .checkpoint import (
     EXTRA_PREFIX,
     check_finite,
+    json_object,
     load_model,
     load_weights,
     read_header,
@@ -438,13 +439,7 @@ def _load_state_pair(out: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]
 
 
 def _parse_state(raw: str, path: Path) -> dict[str, Any]:
-    try:
-        header = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise SegscopeError(f"{path}: corrupt training state ({exc})") from None
-    if not isinstance(header, dict):
-        raise SegscopeError(f"{path}: the training state is a JSON {type(header).__name__}, "
-                            "not an object")
+    header = json_object(raw, path, "training state", "the training state")
     for key, kind in _STATE_FIELDS.items():
         value = header.get(key)
         if not isinstance(value, kind) or isinstance(value, bool):
