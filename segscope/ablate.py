@@ -37,6 +37,7 @@ import numpy as np
 
 from ._io import write_json, write_text
 from .errors import SegscopeError
+from .recipe import Recipe
 
 #: Name of the reference setting.
 ALL_ON = "all_on"
@@ -58,13 +59,12 @@ class Setting:
         return ", ".join(f"{k}={v}" for k, v in self.factors.items())
 
 
-@dataclasses.dataclass
-class AblationConfig:
+@dataclasses.dataclass(kw_only=True)
+class AblationConfig(Recipe):
     """Everything an ablation depends on (saved in ``ablation.json``)."""
 
     real: str
     out: str = "segscope-ablate"
-    preset: str = "urban"
     factors: Sequence[str] | None = None  # factors to switch off one at a time
     factor_mode: str = "off"
     settings: Sequence[str] = ()  # user settings NAME=FACTOR=MODE,... or NAME=FOLDER
@@ -72,19 +72,10 @@ class AblationConfig:
     include_all: bool = True
     n: int = 4000
     seed: int = 0
-    size: tuple[int, int] = (128, 192)
     real_split: str | None = "val"
     real_size: tuple[int, int] | None = None
     real_limit: int | None = None
-    width: float = 0.25
-    iters: int = 600
-    batch_size: int = 8
-    optimizer: str = "adam"
-    lr: float = 3e-3
-    weight_decay: float = 0.0
-    schedule: str = "cosine"
-    warmup: int = 20
-    class_weights: str = "sqrt"
+    iters: int = 600  # the rest of the training: Recipe's
     checkpoint_every: int = 100
     workers: int = 0
     device: str = "auto"

@@ -185,6 +185,31 @@ def model_config(meta: Any, path: str | os.PathLike = "checkpoint") -> dict[str,
     return {"num_classes": n, "width": float(width), "class_names": names}
 
 
+def training_size(meta: Any) -> tuple[int, int] | None:
+    """The (H, W) of the images the checkpoint's model was trained on: the training's
+    ``--size``, else the size of its training images (``image_size``), else None."""
+    if not isinstance(meta, dict):
+        return None
+    config = meta.get("train_config")
+    for size in ((config or {}).get("size") if isinstance(config, dict) else None,
+                 meta.get("image_size")):
+        if isinstance(size, list | tuple) and len(size) == 2 and all(
+                isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size):
+            return int(size[0]), int(size[1])
+    return None
+
+
+def at_training_scale(image_size: tuple[int, int], trained: tuple[int, int] | None
+                      ) -> tuple[int, int] | None:
+    """The size to resize an ``image_size`` (H, W) image to so that the model sees it at
+    the scale it was trained on: the training width, the image's own aspect ratio (as
+    the demo scores real images). None when the training size is unknown."""
+    if trained is None:
+        return None
+    h, w = image_size
+    return max(32, round(h * trained[1] / w)), int(trained[1])
+
+
 def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"):
     """Read a model written by :func:`save_model`; returns ``(model, meta)``.
 

@@ -24,13 +24,14 @@ from torch.utils.data import Dataset
 
 from ._io import write_json
 from .errors import SegscopeError
+from .recipe import Recipe
 
 #: The bar a default demo run has to clear on synthetic validation images.
 BAR = {"road": 0.90, "markings": 0.60}
 
 
-@dataclasses.dataclass
-class DemoOptions:
+@dataclasses.dataclass(kw_only=True)
+class DemoOptions(Recipe):
     """Settings of a demo run; :meth:`quick` gives the < 30 s smoke-test version."""
 
     out: str = "segscope-demo"
@@ -38,26 +39,11 @@ class DemoOptions:
     split: str | None = None  # of --real; None: val, else the only split there is
     device: str = "auto"
     seed: int = 0
-    # the preset that transfers best to CamVid val as the demo scores it (road surface
-    # 0.84 after 1200 iterations, randomized 0.78, narrow 0.47; README "Synthetic data
-    # that transfers")
-    preset: str = "urban"
-    size: tuple[int, int] = (128, 192)
-    width: float = 0.25
+    # the training: Recipe's (urban transfers best to CamVid val as the demo scores it:
+    # road surface 0.84 after 1200 iterations, randomized 0.78, narrow 0.47)
     n_train: int = 800
     n_val: int = 100
     n_monitor: int = 24
-    iters: int = 1200
-    batch_size: int = 8
-    optimizer: str = "adam"
-    lr: float = 3e-3
-    weight_decay: float = 0.0
-    schedule: str = "cosine"
-    warmup: int = 20
-    # The square root of the median-frequency weights: markings still count ~5x, with
-    # fewer false positives than the full weights (markings IoU is the harder half of
-    # the bar).
-    class_weights: str = "sqrt"
     val_every: int = 100
     real_limit: int | None = None
     n_predictions: int = 4

@@ -32,7 +32,9 @@ from .errors import SegscopeError
 from .failure import (
     DIRECTION,
     FAILURE_SCORE,
+    FailureModel,
     Reference,
+    fit_failure_model,
     fit_reference,
     layer_divergence,
     score_images,
@@ -48,6 +50,11 @@ SCORES = ("failure_score", "fv_js", "fv_js_z", "fv_knn", "fv_z", "max_softmax", 
 BASELINES = ("max_softmax", "entropy", "atc", "act_js", "colour_js", "share_shift")
 #: Channels reported as moving most between synthetic and badly segmented real images.
 TOP_CHANNELS = 6
+#: Labelled synthetic sets the failure score is fitted on (one per preset, seeds no
+#: training or reference default uses): the model's IoU varies across them as it does
+#: across real domains.
+DEFAULT_CALIBRATION = ("synthetic:40:narrow:1001", "synthetic:40:urban:1001",
+                       "synthetic:40:randomized:1001")
 
 
 # -- the images --------------------------------------------------------------------------------
@@ -174,6 +181,25 @@ def open_real(path: str | os.PathLike, split: str | None = None, labels: bool | 
     return Source("real", str(root), _Unlabelled(files, size), [f.name for f in files],
                   [str(f.resolve()) for f in files], False,
                   info={"root": str(root.resolve()), "split": split, "kind": "images"})
+
+
+def training_sizes(meta: Any, real: str | os.PathLike, split: str | None = None,
+                   kind: str = "auto", id_map: Any = None
+                   ) -> tuple[tuple[int, int] | None, tuple[int, int] | None]:
+    """(synthetic size, real size) that show the model images at the scale it was
+    trained on: synthetic scenes at the training size, real images at the training width
+    with the first real image's aspect ratio (as the demo scores them). (None, None) when
+    the checkpoint metadata ``meta`` does not say how it was trained."""
+    from .checkpoint import at_training_scale, training_size
+
+    trained = training_size(meta)
+    if trained is None:
+        return None, None
+    probe = open_real(real, split=split, kind=kind, id_map=id_map, limit=1)
+    if len(probe) == 0:
+        return trained, trained
+    first = probe.dataset[0][0]
+    return trained, at_training_scale(tuple(first.shape[-2:]), trained)
 
 
 def _collate(batch):
@@ -336,6 +362,8 @@ class Diagnosis:
     settings: dict[str, Any]
     sources: dict[str, Any]
     class_names: tuple[str, ...]
+    failure_model: FailureModel | None = None
+    calibration_note: str | None = None
 
     @property
     def winner(self) -> dict[str, Any] | None:
@@ -356,7 +384,8 @@ class Diagnosis:
                        "relevance_wins": bool(fs["spearman"] >= b["spearman"])}
         return {
             "settings": self.settings, "sources": self.sources,
-            "failure_score": FAILURE_SCORE, "directions": DIRECTION,
+            "failure_score": self.settings.get("failure_score", FAILURE_SCORE),
+            "directions": DIRECTION,
             "images": {"synthetic": len(self.synthetic), "real": len(self.real),
                        "real_empty_concept": int(self.real.scalar("empty").sum()),
                        "synthetic_empty_concept": int(self.synthetic.scalar("empty").sum())},
@@ -366,6 +395,8 @@ class Diagnosis:
             "winner": self.winner["score"] if self.winner else None,
             "layer_shift": self.layer_shift, "top_channels": self.top_channels,
             "groups": {k: v for k, v in self.groups.items() if k != "index"},
+            "failure_model": self.failure_model.as_dict() if self.failure_model else
+            {"skipped": self.calibration_note or "no calibration set given"},
         }
 
 
@@ -411,8 +442,10 @@ def diagnose(
     data_kind: str = "auto",
     id_map: Any = None,
     size: tuple[int, int] | None = None,
+    real_size: tuple[int, int] | None = None,
     limit: int | None = None,
     synthetic_limit: int | None = None,
+    calibration: Sequence[str | Source] | None = DEFAULT_CALIBRATION,
     batch_size: int = 4,
     workers: int = 0,
     cache_dir: str | os.PathLike | None = None,
@@ -439,10 +472,18 @@ def diagnose(
         True: real labels required; False: ignored; None: used when present.
     split, data_kind, id_map
         How to read the real dataset (as ``segscope evaluate``).
-    size
-        Resize all images to (H, W); None keeps each image's size.
+    size, real_size
+        Resize the synthetic images to ``size`` and the real ones to ``real_size``
+        (default: ``size``), (H, W). When both are None and ``model`` is a checkpoint
+        path, the images are shown at the scale the model was trained on
+        (:func:`training_sizes`); else each image keeps its size.
     limit, synthetic_limit
         Use only the first N real / synthetic images.
+    calibration
+        Labelled synthetic sets (specs, folders or :class:`Source`) the failure score is
+        fitted on: it is ``1 -`` the IoU a :class:`~segscope.failure.FailureModel`
+        predicts from the fingerprint. None or empty: the failure score is the plain
+        fingerprint distance :data:`~segscope.failure.FAILURE_SCORE`.
     batch_size, workers
         Images per DataLoader batch and loader processes.
     cache_dir
@@ -460,36 +501,58 @@ def diagnose(
     -------
     Diagnosis
     """
+    real_size = real_size or size
     if isinstance(model, str | os.PathLike):
         from .checkpoint import load_model
 
-        model = load_model(model)[0].eval()
+        model, meta = load_model(model)
+        model = model.eval()
+        if size is None and real_size is None and not isinstance(real, Source):
+            size, real_size = training_sizes(meta, real, split, data_kind, id_map)
     syn = synthetic if isinstance(synthetic, Source) else \
         open_synthetic(synthetic, size=size, limit=synthetic_limit)
     rea = real if isinstance(real, Source) else \
-        open_real(real, split=split, labels=labels, kind=data_kind, id_map=id_map, size=size,
-                  limit=limit)
+        open_real(real, split=split, labels=labels, kind=data_kind, id_map=id_map,
+                  size=real_size, limit=limit)
     c = check_settings(model, cls, assign, rule, rea, labels)
     _, names = _class_index(model, cls)
     kw = dict(assign=assign, rule=rule, batch_size=batch_size, workers=workers, quiet=quiet,
               chunk=chunk)
+    calib = [src if isinstance(src, Source) else open_synthetic(src, size=size)
+             for src in (calibration or ())]
     syn_fp = fingerprint_source(model, syn, c, cache_dir=cache_dir, **kw)
     ref = fit_reference(syn_fp)  # fails early (< 2 usable images) before the real pass
+    failure_model, note = None, None
+    if calib:
+        parts = [fingerprint_source(model, dataclasses.replace(src, what=f"calibration-{i}"),
+                                    c, cache_dir=cache_dir, layout=syn_fp.layout, **kw)
+                 for i, src in enumerate(calib)]
+        groups = np.concatenate([np.full(len(p), i) for i, p in enumerate(parts)])
+        try:
+            failure_model = fit_failure_model(ref, Fingerprints.concat(parts, syn_fp.layout),
+                                              groups, [src.spec for src in calib])
+        except SegscopeError as exc:  # e.g. a model that predicts no road on them
+            note = f"failure model not fitted ({exc}); failure_score is {FAILURE_SCORE}"
     real_fp = fingerprint_source(model, rea, c, cache_dir=cache_dir, layout=syn_fp.layout, **kw)
     settings = {"class": names[c], "assign": assign, "rule": str(rule), "size": size,
-                "failure_score": FAILURE_SCORE, "n_boot": n_boot}
+                "real_size": real_size,
+                "failure_score": "calibrated" if failure_model else FAILURE_SCORE,
+                "calibration": [src.spec for src in calib], "n_boot": n_boot}
     sources = {"real": {**rea.info, "labels": rea.has_labels}, "synthetic": syn.spec}
     return analyse(ref, syn_fp, real_fp, syn, rea, names, settings, sources, n_boot=n_boot,
-                   top=top)
+                   top=top, failure_model=failure_model, calibration_note=note)
 
 
 def analyse(ref: Reference, syn_fp: Fingerprints, real_fp: Fingerprints, syn: Source,
             rea: Source, class_names: Sequence[str], settings: dict, sources: dict,
-            n_boot: int = 1000, top: int = TOP_CHANNELS) -> Diagnosis:
+            n_boot: int = 1000, top: int = TOP_CHANNELS,
+            failure_model: FailureModel | None = None,
+            calibration_note: str | None = None) -> Diagnosis:
     """Scores, correlation table, layer shift and top channels from the fingerprints."""
     from .stats import correlation_row
 
-    scores = {"synthetic": score_images(ref, syn_fp), "real": score_images(ref, real_fp)}
+    scores = {what: score_images(ref, fp, model=failure_model)
+              for what, fp in (("synthetic", syn_fp), ("real", real_fp))}
     rows = []
     for what, fp, src in (("synthetic", syn_fp, syn), ("real", real_fp, rea)):
         sc = scores[what]
@@ -513,7 +576,8 @@ def analyse(ref: Reference, syn_fp: Fingerprints, real_fp: Fingerprints, syn: So
     layer_shift = _layer_shift(ref, syn_fp, real_fp, groups)
     top_channels = _top_channels(ref, real_fp, groups["worst_index"], top)
     return Diagnosis(rows, correlations, layer_shift, top_channels, ref, syn_fp, real_fp,
-                     scores, groups, settings, sources, tuple(class_names))
+                     scores, groups, settings, sources, tuple(class_names), failure_model,
+                     calibration_note)
 
 
 def _groups(real_fp: Fingerprints, failure: np.ndarray, labelled: bool) -> dict[str, Any]:

@@ -23,6 +23,7 @@ import torch
 
 from ._io import write_json, write_text
 from .diagnose import (
+    DEFAULT_CALIBRATION,
     SCORES,
     Diagnosis,
     Source,
@@ -31,6 +32,7 @@ from .diagnose import (
     diagnose,
     open_real,
     open_synthetic,
+    training_sizes,
 )
 from .errors import SegscopeError
 
@@ -178,14 +180,32 @@ def render_report(summary: dict[str, Any], folder: Path) -> str:
              for r in summary["correlations"]])
         v = summary.get("verdict")
         if v and v["relevance_wins"]:
-            verdict = (f"The relevance failure score ({summary['failure_score']}) ranks the real "
+            verdict = (f"The failure score ({summary['failure_score']}) ranks the real "
                        f"images by IoU with Spearman {_f(v['failure_score'])}, at least as well "
                        f"as the best baseline ({v['best_baseline']}, "
                        f"{_f(v['best_baseline_spearman'])}).")
         elif v:
-            verdict = (f"On this model the relevance failure score loses: Spearman "
+            verdict = (f"On this model the failure score loses: Spearman "
                        f"{_f(v['failure_score'])} against {_f(v['best_baseline_spearman'])} "
                        f"for the best baseline, {v['best_baseline']}.")
+    fm = summary.get("failure_model") or {}
+    model_table = None
+    if "features" in fm:
+        imp = fm["importance"]
+        model_text = (
+            f"The failure score is 1 − the IoU predicted from the fingerprint by ridge "
+            f"regressions fitted on {fm['n_images']} labelled synthetic images "
+            f"({', '.join(s for s in summary['settings'].get('calibration', []))}); no real "
+            f"label was used. Share of its weight on the per-layer relevance distances: "
+            f"{imp['relevance']:.0%}; on the confidence and other signals: "
+            + ", ".join(f"{k} {v:.0%}" for k, v in imp.items() if k != "relevance") + ".")
+        if fm.get("held_out"):
+            model_table = RenderedTable(
+                ["calibration set left out", "Spearman of the prediction with its IoU"],
+                [[k, _f(v)] for k, v in fm["held_out"].items()])
+    else:
+        model_text = (f"The failure score is the plain relevance fingerprint distance "
+                      f"({summary['failure_score']}): {fm.get('skipped', 'no calibration')}.")
     if summary["top_channels"]:
         channels_table = RenderedTable(
             ["layer", "channel", "mean fv synthetic", "mean fv worst real", "standardised shift"],
@@ -202,6 +222,7 @@ def render_report(summary: dict[str, Any], folder: Path) -> str:
         real=str(summary["sources"]["real"].get("root", "")),
         failure_score=summary["failure_score"], created=summary.get("created", ""),
         table=table, verdict=verdict, channels_table=channels_table,
+        model_text=model_text, model_table=model_table,
         scores=fig("scores", "Each score against IoU, one point per real image (crosses: "
                              "empty concept)."),
         failures=fig("failures", "The real images most likely to fail (highest failure "
@@ -246,20 +267,27 @@ def run_diagnose(checkpoint: str | os.PathLike, out: str | os.PathLike, *, synth
     try:
         model, meta = load_model(ckpt, map_location=d.device)
         model = model.to(d.device).eval()
-        trained = (meta.get("train_config") or {}).get("size") if isinstance(meta, dict) else None
-        if size is None and isinstance(trained, list | tuple) and len(trained) == 2:
-            size = (int(trained[0]), int(trained[1]))
+        real_size = size
+        if size is None:  # the scale the model was trained on
+            size, real_size = training_sizes(meta, real, kwargs.get("split"),
+                                             kwargs.get("data_kind", "auto"),
+                                             kwargs.get("id_map"))
         settings = {"checkpoint": str(ckpt.resolve()), "synthetic": str(synthetic),
                     "real": str(Path(real).expanduser().resolve()),
                     "size": list(size) if size else None,
+                    "real_size": list(real_size) if real_size else None,
                     **{k: kwargs.get(k) for k in ("split", "data_kind", "labels", "cls",
                                                   "assign", "rule", "limit")}}
         settings["id_map"] = str(kwargs["id_map"]) if kwargs.get("id_map") else None
+        kwargs.setdefault("calibration", DEFAULT_CALIBRATION)
+        settings["calibration"] = [str(c) for c in kwargs["calibration"] or ()]
         # Bad input fails here, before the output folder is touched.
         syn = open_synthetic(synthetic, size=size)
+        kwargs["calibration"] = [open_synthetic(spec, size=size)
+                                 for spec in kwargs.get("calibration") or ()]
         rea = open_real(real, split=kwargs.get("split"), labels=kwargs.get("labels"),
                         kind=kwargs.get("data_kind", "auto"), id_map=kwargs.get("id_map"),
-                        size=size, limit=kwargs.get("limit"))
+                        size=real_size, limit=kwargs.get("limit"))
         check_settings(model, kwargs.get("cls", "road"), kwargs.get("assign", "score"),
                        kwargs.get("rule", "alpha1beta0"), rea)
         error = None
@@ -279,7 +307,8 @@ def run_diagnose(checkpoint: str | os.PathLike, out: str | os.PathLike, *, synth
                 error = str(exc)
         _agree(d.world, error)
         out = Path(out)
-        diag = diagnose(model, syn, rea, size=size, cache_dir=out / "fingerprints",
+        diag = diagnose(model, syn, rea, size=size, real_size=real_size,
+                        cache_dir=out / "fingerprints",
                         **{k: v for k, v in kwargs.items()
                            if k not in ("split", "labels", "data_kind", "id_map", "limit")})
         if d.rank != 0:
@@ -322,7 +351,10 @@ def demo_step(ctx) -> None:
     spec = f"synthetic:{4 if o.quick else 24}:{o.preset}:{o.seed + 1}"
     syn = open_synthetic(spec, size=size)
     try:
+        calibration = [f"synthetic:4:{p}:1001" for p in ("narrow", "urban", "randomized")] \
+            if o.quick else DEFAULT_CALIBRATION
         d = diagnose(ctx.model, syn, real, n_boot=200, top=2 if o.quick else 4,
+                     calibration=[open_synthetic(c, size=size) for c in calibration],
                      quiet=o.quiet or not sys.stderr.isatty())
     except SegscopeError as exc:  # e.g. a model that predicts no road yet
         ctx.summary["diagnose"] = {"skipped": str(exc)}

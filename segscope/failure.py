@@ -25,7 +25,7 @@ every baseline, all oriented by :data:`DIRECTION`:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,8 +38,16 @@ DIRECTION: dict[str, int] = {
     "failure_score": 1, "fv_js": 1, "fv_js_z": 1, "fv_knn": 1, "fv_z": 1,
     "max_softmax": -1, "entropy": 1, "atc": -1, "act_js": 1, "colour_js": 1, "share_shift": 1,
 }
-#: The measure reported as ``failure_score``.
+#: The measure reported as ``failure_score`` when no calibration set is given (with one,
+#: it is ``1 -`` the IoU a :class:`FailureModel` predicts).
 FAILURE_SCORE = "fv_knn"
+#: Ridge penalties of :class:`FailureModel`; their predictions are averaged, so no penalty
+#: has to be chosen (on real data or otherwise).
+RIDGE_PENALTIES = (1.0, 10.0, 100.0, 1000.0)
+#: Fewest calibration images with a known IoU a :class:`FailureModel` is fitted on.
+MIN_CALIBRATION = 8
+#: The image-level signals a :class:`FailureModel` reads besides each layer's fv distance.
+MODEL_SIGNALS = ("entropy", "max_softmax", "atc", "act_js", "colour_js", "share_shift")
 #: Neighbours of ``fv_knn``.
 KNN = 5
 #: Floor of a channel's spread in ``fv_z`` (fv are O(1): a channel that never varies on
@@ -171,21 +179,20 @@ def fit_reference(synthetic: Fingerprints) -> Reference:
         share_mean=synthetic.shares.mean(0), atc_threshold=threshold, accuracy=accuracy)
 
 
-def score_images(ref: Reference, fps: Fingerprints, knn: int = KNN) -> dict[str, np.ndarray]:
-    """Every score of every image: {name: (N,)}, oriented as :data:`DIRECTION` says."""
+def score_images(ref: Reference, fps: Fingerprints, knn: int = KNN,
+                 model: FailureModel | None = None) -> dict[str, np.ndarray]:
+    """Every score of every image: {name: (N,)}, oriented as :data:`DIRECTION` says.
+
+    ``failure_score`` is ``1 -`` the IoU ``model`` predicts, or without a model the
+    measure :data:`FAILURE_SCORE`."""
     slices = ref.slices
     js = _layer_js(fps.fv, ref.fv_mean, slices)
     out: dict[str, np.ndarray] = {"fv_js": js.mean(1)}
     out["fv_js_z"] = ((js - ref.js_mean) / ref.js_sd).mean(1)
-    k = max(1, min(knn, ref.fv.shape[0]))
-    per_layer = []
-    for s in slices.values():
-        d = js_rows(fps.fv[:, s], ref.fv[:, s])
-        per_layer.append(np.sort(d, axis=1)[:, :k].mean(1))
-    out["fv_knn"] = np.stack(per_layer, 1).mean(1)
+    knn_layers = layer_knn(ref, fps, knn)
+    out["fv_knn"] = knn_layers.mean(1)
     z = (fps.fv - ref.fv_mean) / ref.fv_sd
     out["fv_z"] = np.stack([np.sqrt((z[:, s] ** 2).mean(1)) for s in slices.values()], 1).mean(1)
-    out["failure_score"] = out[FAILURE_SCORE].copy()
     out["max_softmax"] = fps.scalar("max_softmax").copy()
     out["entropy"] = fps.scalar("entropy").copy()
     out["atc"] = atc_scores(fps.confidence, ref.atc_threshold)
@@ -196,7 +203,141 @@ def score_images(ref: Reference, fps: Fingerprints, knn: int = KNN) -> dict[str,
     out["colour_js"] = np.stack([js_rows(colour[:, c], ref_colour[c][None])[:, 0]
                                  for c in range(3)], 1).mean(1)
     out["share_shift"] = np.abs(fps.shares - ref.share_mean).sum(1)
+    if model is None:
+        out["failure_score"] = out[FAILURE_SCORE].copy()
+    else:
+        out["failure_score"] = 1.0 - model.predict(_features(knn_layers, out))
     return out
+
+
+def layer_knn(ref: Reference, fps: Fingerprints, knn: int = KNN) -> np.ndarray:
+    """(N, L): per layer of :attr:`Reference.slices`, the mean JS divergence of each
+    image's fv profile from its ``knn`` nearest synthetic profiles."""
+    k = max(1, min(knn, ref.fv.shape[0]))
+    return np.stack([np.sort(js_rows(fps.fv[:, s], ref.fv[:, s]), axis=1)[:, :k].mean(1)
+                     for s in ref.slices.values()], axis=1)
+
+
+def _features(knn_layers: np.ndarray, scores: Mapping[str, np.ndarray]) -> np.ndarray:
+    return np.concatenate([knn_layers, np.stack([scores[k] for k in MODEL_SIGNALS], 1)], 1)
+
+
+# -- the calibrated failure model ----------------------------------------------------------
+@dataclass
+class FailureModel:
+    """Predicts an image's IoU from its fingerprint, fitted on labelled synthetic images.
+
+    The features are, per layer, the fv distance to the synthetic reference
+    (:func:`layer_knn`) and the signals of :data:`MODEL_SIGNALS`, each standardised over
+    the calibration images. One ridge regression per penalty of :data:`RIDGE_PENALTIES`;
+    the prediction is their mean. Real labels are never used.
+
+    Attributes
+    ----------
+    features
+        The feature names (``fv:<layer>`` then the signals).
+    mean, scale
+        Standardisation of each feature.
+    weights
+        (len(RIDGE_PENALTIES), F) standardised weights, one row per penalty.
+    intercept
+        The calibration images' mean IoU.
+    n_images
+        Calibration images it was fitted on.
+    held_out
+        {set name: Spearman of the prediction with IoU on that set when the model is
+        fitted without it} — a label-free hint of how well it carries to a new domain.
+    """
+
+    features: tuple[str, ...]
+    mean: np.ndarray
+    scale: np.ndarray
+    weights: np.ndarray
+    intercept: float
+    n_images: int
+    held_out: dict[str, float]
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """(N,) predicted IoU of feature rows ``x`` (N, F)."""
+        z = (np.asarray(x, np.float64) - self.mean) / self.scale
+        return self.intercept + (z @ self.weights.T).mean(1)
+
+    def importance(self) -> dict[str, float]:
+        """{feature group: share of the summed |weight|}: ``relevance`` (the per-layer fv
+        distances) and each signal of :data:`MODEL_SIGNALS`."""
+        w = np.abs(self.weights).mean(0)
+        total = float(w.sum()) or 1.0
+        rel = [i for i, f in enumerate(self.features) if f.startswith("fv:")]
+        out = {"relevance": float(w[rel].sum()) / total}
+        out.update({f: float(w[i]) / total for i, f in enumerate(self.features)
+                    if not f.startswith("fv:")})
+        return out
+
+    def as_dict(self) -> dict:
+        return {"features": list(self.features), "penalties": list(RIDGE_PENALTIES),
+                "weights": self.weights.mean(0).tolist(), "intercept": self.intercept,
+                "n_images": self.n_images, "held_out": self.held_out,
+                "importance": self.importance()}
+
+
+def _ridge(z: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """(len(RIDGE_PENALTIES), F) ridge weights of centred ``y`` on standardised ``z``."""
+    gram, rhs = z.T @ z, z.T @ (y - y.mean())
+    eye = np.eye(z.shape[1])
+    return np.stack([np.linalg.solve(gram + lam * eye, rhs) for lam in RIDGE_PENALTIES])
+
+
+def fit_failure_model(ref: Reference, calibration: Fingerprints,
+                      groups: np.ndarray | None = None,
+                      group_names: Sequence[str] | None = None) -> FailureModel:
+    """Fit a :class:`FailureModel` on labelled synthetic ``calibration`` fingerprints.
+
+    ``groups`` (N,) gives each image's calibration set (e.g. its preset); with two or more
+    sets, :attr:`FailureModel.held_out` says how well a model fitted without each set ranks
+    that set's images.
+
+    Raises
+    ------
+    SegscopeError
+        With fewer than :data:`MIN_CALIBRATION` images with a known IoU, or when their IoU
+        does not vary.
+    """
+    from .stats import spearman
+
+    scores = score_images(ref, calibration)
+    x = _features(layer_knn(ref, calibration), scores)
+    y = calibration.scalar("iou")
+    ok = np.isfinite(y) & np.isfinite(x).all(1) & (calibration.scalar("empty") == 0)
+    if ok.sum() < MIN_CALIBRATION:
+        raise SegscopeError(
+            f"the calibration set has {int(ok.sum())} labelled image(s) where the concept is "
+            f"predicted; the failure model needs at least {MIN_CALIBRATION}")
+    x, y = x[ok], y[ok]
+    if np.ptp(y) <= 1e-9:
+        raise SegscopeError("every calibration image has the same IoU: nothing to learn a "
+                            "failure score from (more varied synthetic data?)")
+    names = tuple(f"fv:{n}" for n in ref.slices) + MODEL_SIGNALS
+    mean, scale = x.mean(0), x.std(0)
+    scale = np.where(scale > 1e-12, scale, 1.0)
+    z = (x - mean) / scale
+    held_out: dict[str, float] = {}
+    if groups is not None:
+        g = np.asarray(groups)[ok]
+        labels = list(group_names) if group_names is not None else \
+            [str(v) for v in np.unique(g)]
+        for v in np.unique(g):
+            test = g == v
+            if test.sum() < 3 or (~test).sum() < MIN_CALIBRATION or np.ptp(y[~test]) <= 1e-9:
+                continue
+            zt = z[~test]
+            mu, sd = zt.mean(0), zt.std(0)
+            sd = np.where(sd > 1e-12, sd, 1.0)
+            w = _ridge((zt - mu) / sd, y[~test])
+            pred = (((z[test] - mu) / sd) @ w.T).mean(1)
+            held_out[labels[int(v)] if group_names is not None else str(v)] = \
+                float(spearman(pred, y[test]))
+    return FailureModel(names, mean, scale, _ridge(z, y), float(y.mean()), int(ok.sum()),
+                        held_out)
 
 
 def layer_divergence(ref: Reference, fps: Fingerprints) -> np.ndarray:
@@ -205,5 +346,6 @@ def layer_divergence(ref: Reference, fps: Fingerprints) -> np.ndarray:
     return _layer_js(fps.fv, ref.fv_mean, ref.slices)
 
 
-__all__ = ["DIRECTION", "FAILURE_SCORE", "Reference", "fit_reference", "score_images",
+__all__ = ["DIRECTION", "FAILURE_SCORE", "FailureModel", "Reference", "fit_failure_model",
+           "fit_reference", "layer_knn", "score_images",
            "atc_threshold", "atc_scores", "js_rows", "layer_divergence", "CONFIDENCE_BINS"]

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._io import write_json, write_text
+from .checkpoint import at_training_scale, training_size
 from .errors import SegscopeError
 from .explain import METHODS, Concept, attribute, parse_rules
 from .perturbation import (
@@ -445,9 +446,8 @@ def run_faithfulness(
     names = list(model.class_names)
     c = resolve_class(cfg.cls, names)
     size = cfg.size
-    trained = (meta.get("train_config") or {}).get("size") if isinstance(meta, dict) else None
-    if size is None and isinstance(trained, list | tuple) and len(trained) == 2:
-        size = (int(trained[0]), int(trained[1]))
+    if size is None:
+        size = training_size(meta)
     sets = [("data", data)] + ([("real", real)] if real is not None else [])
     opened = []
     for key, spec in sets:
@@ -545,8 +545,7 @@ def _real_size(size: tuple[int, int] | None, spec: Any) -> tuple[int, int] | Non
     probe = open_dataset(spec, limit=1)
     if len(probe) == 0:
         return size
-    h, w = probe[0][0].shape[-2:]
-    return (max(32, round(h * size[1] / w)), size[1])
+    return at_training_scale(tuple(probe[0][0].shape[-2:]), size)
 
 
 def _item_name(data: Any, i: int) -> str:

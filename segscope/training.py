@@ -886,12 +886,15 @@ def _run(config: TrainConfig, d: _Dist, out: Path, header: dict | None,
                disable=config.quiet or not d.main or not sys.stderr.isatty())
     interrupted = False
     best_path = out / "best.safetensors" if val_set is not None else None
+    image_size = list(config.size) if config.size else None
     try:
         with _Interrupt() as stop:
             while step < total:
                 sampler.set_epoch(epoch)
                 sampler.start = in_epoch * config.batch_size
                 for images, labels in loader:
+                    # recorded in the model files: later commands show images at this scale
+                    image_size = [int(v) for v in images.shape[-2:]]
                     for group in optimizer.param_groups:
                         group["lr"] = learning_rate(config, step, total)
                     loss = step_fn(images, labels)
@@ -930,7 +933,7 @@ def _run(config: TrainConfig, d: _Dist, out: Path, header: dict | None,
                                 best = miou
                                 if d.main:
                                     save_model(model, best_path, kind="best", step=step,
-                                               val_metrics=val_metrics)
+                                               val_metrics=val_metrics, image_size=image_size)
                             if d.main and not config.quiet:
                                 bar.write(f"step {step}: val mIoU {miou:.4f} "
                                           + " ".join(f"{k} {_fmt(v)}"
@@ -966,7 +969,8 @@ def _run(config: TrainConfig, d: _Dist, out: Path, header: dict | None,
         from .data.synthetic import describe_dataset  # what made the data: preset, factors
 
         save_model(model, model_path, kind="final", step=step, val_metrics=val_metrics,
-                   train_config=config.to_json(), data=describe_dataset(train_set))
+                   train_config=config.to_json(), data=describe_dataset(train_set),
+                   image_size=image_size)
         write_metrics(out, history)
     _barrier(d)
     return TrainResult(out, model_path, best_path if best is not None else None, step, total,

@@ -17,7 +17,14 @@ from _cli import run_cli
 import segscope
 from segscope.analysis import jensen_shannon, spearman
 from segscope.diagnose import Source, analyse, fingerprint_source, open_synthetic
-from segscope.failure import atc_scores, atc_threshold, fit_reference, js_rows, score_images
+from segscope.failure import (
+    atc_scores,
+    atc_threshold,
+    fit_failure_model,
+    fit_reference,
+    js_rows,
+    score_images,
+)
 from segscope.fingerprint import SCALARS, Fingerprints, Layout, image_fingerprint
 from segscope.stats import bootstrap_interval, correlation_row, kendall
 
@@ -123,6 +130,50 @@ def test_empty_concepts_are_kept_marked_and_scored():
     assert rows[1]["fv_js"] == pytest.approx(1.0)  # empty vs non-empty: JS 1 per layer
 
 
+def _calibration(n: int, layout: Layout, seed: int) -> tuple[Fingerprints, np.ndarray]:
+    """Hand-made calibration images whose IoU falls as one layer's profile moves away from
+    the synthetic one; their entropy is noise."""
+    rng = np.random.default_rng(seed)
+    base = np.array([2.0, 1.0, 0.5, 0.5, 1.0, 1.0, 1.0, 1.0])
+    move = np.array([0.0, -1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0])
+    t = rng.uniform(0, 0.9, n)
+    fp = _fingerprints(base + t[:, None] * move + rng.normal(0, 0.01, (n, 8)), layout)
+    fp.scalars[:, SCALARS.index("entropy")] = rng.random(n)
+    fp.scalars[:, SCALARS.index("iou")] = 0.9 - 0.5 * t
+    return fp, t
+
+
+def test_failure_model_learns_from_calibration_only():
+    layout = Layout(("a", "b"), (4, 4), ("x",), (2,))
+    rng = np.random.default_rng(0)
+    base = np.array([2.0, 1.0, 0.5, 0.5, 1.0, 1.0, 1.0, 1.0])
+    ref = fit_reference(_fingerprints(base * rng.uniform(0.97, 1.03, (20, 8)), layout))
+    calib, _ = _calibration(60, layout, seed=1)
+    groups = np.repeat([0, 1, 2], 20)
+    model = fit_failure_model(ref, calib, groups, ["p0", "p1", "p2"])
+    # the only informative feature is layer a's distance: it carries the weight
+    a = model.features.index("fv:a")
+    assert np.abs(model.weights.mean(0)).argmax() == a
+    assert model.importance()["relevance"] > 0.8
+    assert set(model.held_out) == {"p0", "p1", "p2"}
+    assert min(model.held_out.values()) > 0.9  # each set's ranking from the other two
+    # new images (without labels): failure score = 1 - predicted IoU, ranked by the move
+    new, t = _calibration(15, layout, seed=2)
+    new.scalars[:, SCALARS.index("iou")] = np.nan
+    s = score_images(ref, new, model=model)
+    assert spearman(s["failure_score"], t) > 0.9
+    # on the IoU scale, shrunk towards the calibration mean by the ridge penalties
+    pred, iou = 1 - s["failure_score"], 0.9 - 0.5 * t
+    assert iou.min() - 0.05 < pred.min() and pred.max() < iou.max() + 0.05
+    assert np.mean(pred) == pytest.approx(np.mean(iou), abs=0.1)
+    with pytest.raises(segscope.SegscopeError, match="at least 8"):
+        fit_failure_model(ref, calib.take(np.arange(5)))
+    flat = calib.take(np.arange(20))
+    flat.scalars[:, SCALARS.index("iou")] = 0.5
+    with pytest.raises(segscope.SegscopeError, match="same IoU"):
+        fit_failure_model(ref, flat)
+
+
 def test_reference_needs_two_images():
     layout = Layout(("a",), (2,), ("x",), (2,))
     with pytest.raises(segscope.SegscopeError, match="at least 2"):
@@ -195,6 +246,16 @@ def _real_folder(root: Path, n: int, labels: bool = True) -> Path:
     return root
 
 
+def test_images_at_the_training_scale_by_default(tmp_path):
+    from segscope.diagnose import training_sizes
+
+    real = _real_folder(tmp_path / "real", 1, labels=False) / "images"  # 32x64 images
+    # synthetic scenes at the training size, real images at its width, their own aspect
+    assert training_sizes({"image_size": [48, 128]}, real) == ((48, 128), (64, 128))
+    assert training_sizes({"train_config": {"size": [40, 32]}}, real) == ((40, 32), (32, 32))
+    assert training_sizes({}, real) == (None, None)
+
+
 def _read_csv(path: Path) -> list[dict]:
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
@@ -206,6 +267,7 @@ def test_cli_writes_folder_and_resumes(tmp_path, tiny_checkpoint, capsys):
     args = ["diagnose", "-c", tiny_checkpoint, "--synthetic", "synthetic:4:narrow:1",
             "--real", real, "--data-kind", "folder", "--id-map", real / "map.json",
             "--size", "32x64", "--out", out, "--bootstrap", "50", "--top", "1", "--chunk", "4",
+            "--calibration", "synthetic:5:narrow:7", "--calibration", "synthetic:5:urban:7",
             "-q"]
     code, stdout, err = run_cli(args, capsys)
     assert code == 0, err
@@ -237,12 +299,13 @@ def test_cli_writes_folder_and_resumes(tmp_path, tiny_checkpoint, capsys):
     (["--labels"], "has no labels"),
     (["--class", "sky"], "sky"),
     (["--synthetic", "synthetic:1"], "at least 2"),
+    (["--calibration", "synthetic:4:nowhere"], "nowhere"),
 ])
 def test_cli_bad_input_one_line(tmp_path, tiny_checkpoint, capsys, extra, message):
     real = _real_folder(tmp_path / "real", 2, labels=False)
     args = ["diagnose", "-c", tiny_checkpoint, "--synthetic", "synthetic:3",
             "--real", real / "images", "--size", "32x64", "--out", tmp_path / "out", "-q",
-            *extra]
+            *([] if "--calibration" in extra else ["--no-calibration"]), *extra]
     code, _, err = run_cli(args, capsys)
     assert code == 2
     lines = err.strip().splitlines()
@@ -257,7 +320,8 @@ def test_torchrun_two_processes_same_rows(tmp_path, tiny_checkpoint, capsys):
     real = _real_folder(tmp_path / "real", 7)
     common = ["--synthetic", "synthetic:3:narrow:1", "--real", real, "--data-kind", "folder",
               "--id-map", real / "map.json", "--size", "32x64", "--bootstrap", "20",
-              "--top", "0", "--chunk", "2", "--device", "cpu", "-q"]
+              "--top", "0", "--chunk", "2", "--device", "cpu", "-q",
+              "--calibration", "synthetic:5:narrow:2", "--calibration", "synthetic:5:urban:2"]
     code, _, err = run_cli(["diagnose", "-c", tiny_checkpoint, "--out", tmp_path / "one",
                             *common], capsys)
     assert code == 0, err

@@ -183,3 +183,31 @@ def test_evaluate_cli_other_width_checkpoint_runs(tmp_path, capsys):
     data = camvid_folder(tmp_path / "camvid", n=1)
     assert exit_code(["evaluate", "-c", str(path), "--data", str(data), "--json", "-q"]) == 0
     assert json.loads(capsys.readouterr().out)["images"] == 1
+
+
+def test_training_scale_hand_values():
+    from segscope.checkpoint import at_training_scale, training_size
+
+    assert training_size({"train_config": {"size": [96, 128]}, "image_size": [1, 2]}) == (96, 128)
+    assert training_size({"train_config": {"size": None}, "image_size": [128, 192]}) == (128, 192)
+    assert training_size({"image_size": [0, 5]}) is None and training_size({}) is None
+    # CamVid 360x480 for a model trained on 128x192: the training width, own aspect
+    assert at_training_scale((360, 480), (128, 192)) == (144, 192)
+    assert at_training_scale((720, 960), (128, 192)) == (144, 192)
+    assert at_training_scale((10, 480), (128, 192)) == (32, 192)  # never below 32
+    assert at_training_scale((360, 480), None) is None
+
+
+def test_evaluate_scores_at_the_training_scale(tiny_segnet, tmp_path, capsys):
+    """A checkpoint that records its training size is scored at that width by default;
+    --size overrides it."""
+    data = camvid_folder(tmp_path / "camvid", n=2, size=(64, 96))
+    ckpt = save_model(tiny_segnet, tmp_path / "t.safetensors", image_size=[40, 48])
+    assert exit_code(["evaluate", "-c", str(ckpt), "--data", str(data), "--json"]) == 0
+    out = capsys.readouterr()
+    got = json.loads(out.out)
+    assert got["size"] == [32, 48] and got["total_pixels"] <= 2 * 32 * 48
+    assert "scale the model was trained on" in out.err
+    assert exit_code(["evaluate", "-c", str(ckpt), "--data", str(data), "--json", "-q",
+                      "--size", "64x96"]) == 0
+    assert json.loads(capsys.readouterr().out)["size"] == [64, 96]

@@ -17,7 +17,7 @@ from _cli import exit_code
 from PIL import Image
 
 from segscope import SegNet, load_model, save_model
-from segscope.checkpoint import write_model_file
+from segscope.checkpoint import training_size, write_model_file
 from segscope.data.classes import ROAD3_COLOURS
 from segscope.errors import SegscopeError
 from segscope.training import (
@@ -269,6 +269,8 @@ def test_train_cli_writes_outputs_and_guards_resume(tmp_path, capsys):
         "checkpoint.safetensors", "metrics.csv", "metrics.json", "curves.png", "config.json"])
     model, meta = load_model(out / "model.safetensors")
     assert meta["step"] == 3 and model.width == 0.0625
+    # the size of the training images is recorded (later commands show images at it)
+    assert meta["image_size"] == [32, 48] and training_size(meta) == (32, 48)
     # CamVid has no markings: validation is on the road surface
     assert set(meta["val_metrics"]["iou"]) == {"background", "road surface"}
     capsys.readouterr()

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from .._io import write_text
+from ..checkpoint import at_training_scale, training_size
 from ..errors import SegscopeError
 
 if TYPE_CHECKING:
@@ -252,11 +253,14 @@ class StudyContext:
         meta: dict[str, Any] = {}
         if model is None:
             model, meta = _load(checkpoint)
-        trained_size = _train_config(meta).get("size")
-        if cfg.size is None and isinstance(trained_size, list | tuple) and \
-                len(trained_size) == 2:
-            # Images at the scale the model was trained on, unless asked otherwise.
-            cfg.size = (int(trained_size[0]), int(trained_size[1]))
+        trained = training_size(meta)
+        if cfg.size is None and trained is not None:
+            # Images at the scale the model was trained on, unless asked otherwise: real
+            # ones at the training width, with their own aspect ratio.
+            cfg.size = trained
+            if cfg.real_size is None and real is not None:
+                probe = open_real(real, cfg.split, None, 1, real_kind, id_map)[0]
+                cfg.real_size = at_training_scale(tuple(probe[0][0].shape[-2:]), trained)
             cfg.real_size = cfg.real_size or cfg.size
         model = model.to(device).eval()
         _check_names(model, cfg)

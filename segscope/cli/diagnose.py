@@ -17,6 +17,13 @@ from ._options import dataset_kind_options, device_option, parse_size
 @click.option("--real", required=True, type=click.Path(),
               help="Real images: a dataset folder (CamVid, Cityscapes, ...) or any folder "
                    "of images.")
+@click.option("--calibration", multiple=True, metavar="SPEC",
+              help="Labelled synthetic set the failure score is fitted on "
+                   "(synthetic:N[:PRESET[:SEED]] or a synth folder; repeat for several) "
+                   "[default: 40 scenes of each preset: narrow, urban, randomized].")
+@click.option("--no-calibration", is_flag=True,
+              help="No fitted failure model: the failure score is the plain fingerprint "
+                   "distance (fv_knn).")
 @click.option("--split", default=None, help="Dataset split (default: the evaluation split).")
 @dataset_kind_options
 @click.option("--labels/--no-labels", default=None,
@@ -31,8 +38,9 @@ from ._options import dataset_kind_options, device_option, parse_size
               help="LRP rule, e.g. alpha1beta0, epsilon:0.01, or per layer "
                    "'conv1_1=zbox, default=alpha1beta0'.")
 @click.option("--size", default=None,
-              help="Resize every image to HxW (default: the training size recorded in the "
-                   "checkpoint, else each image's own).")
+              help="Resize every image to HxW (default: the scale the model was trained on: "
+                   "synthetic scenes at its training size, real images at its training "
+                   "width with their own aspect ratio; else each image's own size).")
 @click.option("--limit", type=click.IntRange(min=1), default=None,
               help="Use only the first N real images.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True,
@@ -53,23 +61,31 @@ from ._options import dataset_kind_options, device_option, parse_size
 @click.option("--overwrite", is_flag=True, help="Replace an earlier diagnosis in --out.")
 @device_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def diagnose(checkpoint, synthetic, real, split, data_kind, id_map, labels, cls, assign, rule,
-             size, limit, batch_size, workers, chunk, top, bootstrap, out, resume, overwrite,
-             device, quiet) -> None:
+def diagnose(checkpoint, synthetic, real, calibration, no_calibration, split, data_kind, id_map,
+             labels, cls, assign, rule, size, limit, batch_size, workers, chunk, top, bootstrap,
+             out, resume, overwrite, device, quiet) -> None:
     """Score every real image by how likely the model fails on it, without real labels.
 
     Each image gets a fingerprint (feature-value profiles of all 37 layers from one LRP
-    sweep, mean activations, confidence); the failure score is the fingerprint's distance
-    from the synthetic reference. With real labels, every score (and the baselines:
+    sweep, mean activations, confidence). The failure score is 1 - the IoU predicted from
+    the fingerprint's distances to the synthetic reference, by a model fitted on labelled
+    synthetic scenes of every preset (never on real labels). With real labels, every
+    score (and the baselines:
     max-softmax, entropy, ATC, activation profiles, colour statistics, class shares) is
     measured against IoU. Writes images.csv, diagnosis.json, figures and report.html.
     Runs under torchrun --nproc_per_node=N (images shared out, rows gathered on rank 0).
     """
+    from ..diagnose import DEFAULT_CALIBRATION
     from ..diagnose_report import run_diagnose
+    from ..errors import SegscopeError
+
+    if no_calibration and calibration:
+        raise SegscopeError("--calibration and --no-calibration contradict each other")
+    calibration = () if no_calibration else (tuple(calibration) or DEFAULT_CALIBRATION)
 
     summary = run_diagnose(
-        checkpoint, out, synthetic=synthetic, real=real, split=split, data_kind=data_kind,
-        id_map=id_map, labels=labels, cls=cls, assign=assign, rule=rule,
+        checkpoint, out, synthetic=synthetic, real=real, calibration=calibration, split=split,
+        data_kind=data_kind, id_map=id_map, labels=labels, cls=cls, assign=assign, rule=rule,
         size=parse_size(size) if size else None, limit=limit, batch_size=batch_size,
         workers=workers, chunk=chunk, top=top, n_boot=bootstrap, resume=resume, overwrite=overwrite,
         device=device, quiet=quiet)
@@ -87,6 +103,7 @@ def diagnose(checkpoint, synthetic, real, split, data_kind, id_map, labels, cls,
                        f"[{r['spearman_lo']:+.2f}, {r['spearman_hi']:+.2f}] {r['kendall']:>+8.3f}")
         v = summary["verdict"]
         if v:
-            click.echo("relevance wins" if v["relevance_wins"] else
-                       f"relevance loses to {v['best_baseline']} on this model")
+            click.echo(f"the failure score ranks the images at least as well as every "
+                       f"baseline (best: {v['best_baseline']})" if v["relevance_wins"] else
+                       f"the failure score loses to {v['best_baseline']} on this model")
     click.echo(f"report: {summary['report']}")

@@ -21,7 +21,9 @@ from ._options import (
               help="A dataset folder (CamVid, segscope synth, ...) or synthetic:N[:PRESET[:SEED]].")
 @split_option
 @dataset_kind_options
-@click.option("--size", default=None, help="Resize images to HxW before scoring.")
+@click.option("--size", default=None,
+              help="Resize images to HxW before scoring (default: the scale the model was "
+                   "trained on, at its training width, when the checkpoint records it).")
 @click.option("--limit", type=int, default=None, help="Score only the first N images.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True)
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
@@ -45,7 +47,7 @@ def evaluate(checkpoint, data, split, data_kind, id_map, size, limit, batch_size
     from pathlib import Path
 
     from .._io import write_json
-    from ..checkpoint import load_model
+    from ..checkpoint import at_training_scale, load_model, training_size
     from ..data.classes import ROAD3
     from ..data.real import open_dataset
     from ..errors import SegscopeError
@@ -63,14 +65,23 @@ def evaluate(checkpoint, data, split, data_kind, id_map, size, limit, batch_size
             f"{checkpoint} predicts {len(model.class_names)} classes "
             f"({', '.join(model.class_names)}); datasets are scored on ROAD3 "
             f"({', '.join(ROAD3)})")
-    dataset = open_dataset(data, split=split, size=parse_size(size, MAX_SIDE) if size else None,
-                           limit=limit, kind=data_kind, id_map=id_map)
+    size = parse_size(size, MAX_SIDE) if size else None
+    scale_note = None
+    if size is None and training_size(meta) is not None:
+        probe = open_dataset(data, split=split, limit=1, kind=data_kind, id_map=id_map)
+        if len(probe):
+            size = at_training_scale(tuple(probe[0][0].shape[-2:]), training_size(meta))
+            scale_note = (f"scored at {size[0]}x{size[1]}, the scale the model was trained "
+                          "on (--size HxW to change)")
+    dataset = open_dataset(data, split=split, size=size, limit=limit, kind=data_kind,
+                           id_map=id_map)
     if len(dataset) == 0:
         raise SegscopeError(f"no images to score in {data}")
     split = getattr(dataset, "split", split)
     note = getattr(dataset, "split_note", None)
-    if note and not quiet:
-        click.echo(f"segscope: {note}", err=True)
+    for line in (note, scale_note):
+        if line and not quiet:
+            click.echo(f"segscope: {line}", err=True)
     if out:
         claim_output(out, "evaluate", overwrite=overwrite, can_resume=False,
                      inputs=[checkpoint, data, id_map],
@@ -84,6 +95,7 @@ def evaluate(checkpoint, data, split, data_kind, id_map, size, limit, batch_size
         "data": str(data),
         "split": split,
         "images": len(dataset),
+        "size": list(size) if size else None,
         "scored_on": "road surface" if road_surface else "classes",
         **cm.metrics(),
     }
