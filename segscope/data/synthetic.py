@@ -184,6 +184,12 @@ def render_scene(
     label : numpy.ndarray
         uint8 (H, W) with ROAD3 ids: 0 background, 1 road, 2 markings.
     """
+    out = _render_planar(seed, index, size, preset, factors, trace, overrides)
+    return (np.ascontiguousarray(out[0].transpose(1, 2, 0)),) + out[1:]
+
+
+def _render_planar(seed, index, size, preset, factors, trace, overrides):
+    """:func:`render_scene` with the picture channels first, (3,H,W)."""
     height, width = check_size(size)
     p = scene_params(seed, index, preset, factors, **overrides)
 
@@ -295,17 +301,22 @@ class SyntheticRoads(Dataset):
 
     def render(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """The numpy pair ``(image (H,W,3) float32, label (H,W) uint8)`` of item ``index``."""
+        return render_scene(self.seed, self._check_index(index), self.size, self.preset,
+                            self.factors, **self.overrides)
+
+    def _check_index(self, index: int) -> int:
         if index < 0:
             index += self.n
         if not 0 <= index < self.n:
             raise IndexError(f"index {index} out of range for {self.n} synthetic scenes")
-        return render_scene(self.seed, index, self.size, self.preset, self.factors,
-                            **self.overrides)
+        return index
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image, label = self.render(int(index))
-        return (torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
-                torch.from_numpy(label.astype(np.int64)))
+        index = self._check_index(int(index))
+        # rendered channels first, as the model takes it: no transposing copy
+        image, label = _render_planar(self.seed, index, self.size, self.preset, self.factors,
+                                      False, self.overrides)
+        return torch.from_numpy(image), torch.from_numpy(label.astype(np.int64))
 
     def __repr__(self) -> str:
         extra = "".join(f", {k}={v!r}" for k, v in self.overrides.items())

@@ -61,19 +61,21 @@ def textures() -> dict[str, np.ndarray]:
     return {
         "ground": fbm((4, 8, 16, 32, 64, 128)),
         "clouds": fbm((2, 4, 8, 16, 32, 64), gain=0.6),
-        "fine": (rng.standard_normal((FINE, FINE)) * 0.6
-                 + 0.4 * np.repeat(np.repeat(rng.standard_normal((FINE // 2, FINE // 2)), 2, 0),
-                                   2, 1)).astype(F32),
+        # the grain tile repeated twice each way: any window of it up to FINE x FINE is a
+        # plain slice (a view), wherever it starts
+        "fine": np.tile((rng.standard_normal((FINE, FINE)) * 0.6
+                         + 0.4 * np.repeat(np.repeat(rng.standard_normal((FINE // 2, FINE // 2)),
+                                                     2, 0), 2, 1)).astype(F32), (2, 2)),
         "profile": ((profile - profile.min()) / (profile.max() - profile.min())).astype(F32),
         "hash": rng.random(4096).astype(F32),
     }
 
 
 def _grain(tex, r0: int, r1: int, width: int, ox: int, oy: int) -> np.ndarray:
-    """Pixel-space noise for rows r0:r1 (a slice of the grain tile when it fits)."""
+    """Pixel-space noise for rows r0:r1 (a read-only view of the grain tile when it fits)."""
     tile = tex["fine"]
     ox, oy = ox % FINE, oy % FINE
-    if oy + r1 <= FINE and ox + width <= FINE:
+    if oy + r1 <= 2 * FINE and ox + width <= 2 * FINE:
         return tile[oy + r0:oy + r1, ox:ox + width]
     rows = (np.arange(r0, r1) + oy) % FINE
     cols = (np.arange(width) + ox) % FINE
@@ -98,7 +100,8 @@ class Canvas:
         else:
             self.uu = u[None, :]
             self.vv = v[:, None] + F32(self.cy)
-        self.image = np.empty((height, width, 3), F32)
+        # channels first: per-channel passes run over whole contiguous planes
+        self.image = np.empty((3, height, width), F32)
         self.depth = np.full((height, width), np.inf, F32)
         self.covered = np.zeros((height, width), bool)  # an object was drawn here
         self.shadow = None  # (H,W) multiplier on the ground, made on first use
@@ -159,8 +162,9 @@ class Canvas:
                                     - F32(p.yaw) * z)
         return rs, cs, vv, x, z
 
-    def put(self, rs, cs, mask, z, colour) -> None:
-        """Depth-tested paint of ``colour`` ((3,) or (h,w,3)) where ``mask``."""
+    def put(self, rs, cs, mask, z, colour, planar: bool = False) -> None:
+        """Depth-tested paint of ``colour`` ((3,), (h,w,3), or (3,h,w) with ``planar``)
+        where ``mask``."""
         depth = self.depth[rs, cs]
         mask = mask & (z < depth)
         if not mask.any():
@@ -168,8 +172,12 @@ class Canvas:
         if np.ndim(z):
             z = np.broadcast_to(z, mask.shape)
         np.copyto(depth, z, where=mask)
-        np.copyto(self.image[rs, cs], np.broadcast_to(colour, mask.shape + (3,)),
-                  where=mask[..., None])
+        colour = np.asarray(colour)
+        if colour.ndim == 1:
+            colour = colour[:, None, None]
+        elif not planar:
+            colour = np.moveaxis(colour, -1, 0)
+        np.copyto(self.image[:, rs, cs], colour, where=mask)
         self.covered[rs, cs] |= mask
         if self.trace is not None:
             self.trace[rs, cs] |= np.where(mask, self.tag, 0).astype(np.uint32)

@@ -299,16 +299,16 @@ def _radius2(height: int, width: int) -> np.ndarray:
 
 def camera_effects(cv: Canvas, p) -> None:
     """Vignetting and motion blur (in place, after exposure and noise)."""
-    img = cv.image
+    img = cv.image  # (3, H, W)
     if p.motion > 0:
         n = max(2, int(round(p.motion * cv.H / 360.0)))
-        pad = np.concatenate([np.repeat(img[:, :1], n // 2, 1), img,
-                              np.repeat(img[:, -1:], n - n // 2, 1)], 1)
-        c = np.cumsum(pad, axis=1, dtype=F32)
-        c = np.concatenate([np.zeros_like(c[:, :1]), c], 1)
-        img = (c[:, n:n + cv.W] - c[:, :cv.W]) / F32(n)
+        pad = np.concatenate([np.repeat(img[:, :, :1], n // 2, 2), img,
+                              np.repeat(img[:, :, -1:], n - n // 2, 2)], 2)
+        c = np.cumsum(pad, axis=2, dtype=F32)
+        c = np.concatenate([np.zeros_like(c[:, :, :1]), c], 2)
+        img = (c[:, :, n:n + cv.W] - c[:, :, :cv.W]) / F32(n)
     if p.vignette > 0:
-        img = img * (F32(1.0) - F32(p.vignette) * _radius2(cv.H, cv.W))[..., None]
+        img = img * (F32(1.0) - F32(p.vignette) * _radius2(cv.H, cv.W))
     cv.image = img.astype(F32, copy=False)
 
 
@@ -323,7 +323,7 @@ def distort(image, label, trace, k: float):
     rows = np.clip(np.rint(v * scale + F32(H / 2 - 0.5)), 0, H - 1).astype(np.int32)
     cols = np.clip(np.rint(u * scale + F32(W / 2 - 0.5)), 0, W - 1).astype(np.int32)
     flat = rows * W + cols
-    image = image.reshape(-1, 3)[flat]
+    image = np.stack([np.take(plane, flat) for plane in image.reshape(3, -1)])
     label = label.ravel()[flat]
     if trace is not None:
         trace = trace.ravel()[flat]
@@ -336,11 +336,17 @@ def distort(image, label, trace, k: float):
 
 
 def jpeg(image, quality: int):
-    """The picture after JPEG compression at ``quality`` (blocking, ringing)."""
+    """The (3,H,W) picture after JPEG compression at ``quality`` (blocking, ringing)."""
     from PIL import Image
 
     rgb = (np.clip(image, 0, 1) * F32(255) + F32(0.5)).astype(np.uint8)
     buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format="JPEG", quality=int(quality))
+    Image.merge("RGB", [Image.fromarray(plane) for plane in rgb]).save(
+        buf, format="JPEG", quality=int(quality))
     buf.seek(0)
-    return np.asarray(Image.open(buf).convert("RGB"), dtype=F32) * F32(1 / 255)
+    decoded = Image.open(buf).convert("RGB")
+    return _BYTE_TO_UNIT[np.stack([np.asarray(plane) for plane in decoded.split()])]
+
+
+#: uint8 -> float32 in [0, 1] (the same products as ``v * F32(1 / 255)``).
+_BYTE_TO_UNIT = np.arange(256, dtype=F32) * F32(1 / 255)

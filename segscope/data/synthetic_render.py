@@ -40,7 +40,8 @@ from .synthetic_canvas import (
 
 # --------------------------------------------------------------------------- scene
 def render(p, height: int, width: int, rngs, trace: bool = False):
-    """Picture (H,W,3) float32 in [0,1] and ROAD3 label (H,W) uint8 of scene ``p``.
+    """Picture (3,H,W) float32 in [0,1] (channels first) and ROAD3 label (H,W) uint8 of
+    scene ``p``.
 
     ``rngs(name)`` gives the render-time random stream of factor ``name``. With
     ``trace`` a third array (H,W) uint32 says which factors acted on each pixel (bit i:
@@ -290,11 +291,11 @@ def _ground(cv: Canvas, p, tex, g0, x, zb, mpp, inv, gm, all_ground, rngs) -> np
         weights[..., 2] *= F32(1.0 - 0.35 * p.wet)
     else:
         weights[..., -1] = 0
-    band = weights @ np.array(colours, F32)
+    band = np.moveaxis(weights @ np.array(colours, F32), -1, 0)
     if all_ground and not covered.any():
-        cv.image[g0:] = band
+        cv.image[:, g0:] = band
     else:
-        np.copyto(cv.image[g0:], band, where=visible[..., None])
+        np.copyto(cv.image[:, g0:], band, where=visible)
     return label
 
 
@@ -376,8 +377,8 @@ def _sky(cv: Canvas, p, tex, s1: int) -> None:
     t = np.clip(vv / F32(max(cv.v_end, 1.0)), 0.0, 1.0) ** F32(1.8)
     top = np.asarray(p.sky_top_rgb, F32)
     hor = np.asarray(p.sky_horizon_rgb, F32)
-    sky = top + (hor - top) * t[..., None]
-    sky = np.broadcast_to(sky, (s1, cv.W, 3))
+    sky = top[:, None, None] + (hor - top)[:, None, None] * t
+    sky = np.broadcast_to(sky, (3, s1, cv.W))
     if p.clouds > 0:
         ox, oy = p.texture_offset
         k = 300.0 / cv.H
@@ -386,9 +387,9 @@ def _sky(cv: Canvas, p, tex, s1: int) -> None:
         c = tex["clouds"][np.ix_(rows, cols)]
         amount = np.clip(c * F32(0.55) - F32(1.25) + F32(1.6 * p.clouds), 0.0, 1.0)
         amount *= F32(1.0) - F32(0.6) * t
-        cloud_rgb = F32(0.97) - F32(0.12) * np.clip(c - 1.0, 0, 1)[..., None]
-        sky = sky + amount[..., None] * (cloud_rgb - sky)
-    cv.image[:s1] = sky
+        cloud_rgb = F32(0.97) - F32(0.12) * np.clip(c - 1.0, 0, 1)
+        sky = sky + amount * (cloud_rgb - sky)
+    cv.image[:, :s1] = sky
 
 
 def _skyline(cv: Canvas, p, tex, rng) -> None:
@@ -617,8 +618,8 @@ def _atmosphere(cv: Canvas, p, tex) -> None:
     haze += F32(full)
     np.maximum(haze, F32(0.0), out=haze)
     haze[depth == np.inf] = F32(p.fog)
-    haze = haze[..., None]
-    top = img[:r_cut]
+    fog_rgb = fog_rgb[:, None, None]
+    top = img[:, :r_cut]
     top -= fog_rgb
     top *= F32(1.0) - haze
     top += fog_rgb
@@ -627,22 +628,22 @@ def _atmosphere(cv: Canvas, p, tex) -> None:
         src = img.copy()
         img *= F32(1.0) - F32(4.0) * k
         for a, b in ((np.s_[1:], np.s_[:-1]), (np.s_[:-1], np.s_[1:])):
-            img[a] += k * src[b]
             img[:, a] += k * src[:, b]
+            img[:, :, a] += k * src[:, :, b]
         for edge in (np.s_[:1], np.s_[-1:]):  # mirror the missing neighbours at the borders
-            img[edge] += k * src[edge]
             img[:, edge] += k * src[:, edge]
+            img[:, :, edge] += k * src[:, :, edge]
     # rain, contrast, brightness and tint: one affine map per channel
     tint = np.asarray(p.tint, F32)
     rain_gain, rain_bias = 1.0 - 0.35 * p.rain, 0.07 * p.rain
     gain = tint * F32(p.brightness * p.contrast * rain_gain)
     bias = tint * F32(p.brightness * (p.contrast * (rain_bias - 0.5) + 0.5))
     if not (np.all(gain == 1) and np.all(bias == 0)):
-        img *= gain
-        img += bias
+        img *= gain[:, None, None]
+        img += bias[:, None, None]
     if p.noise > 0:
         ox, oy = p.texture_offset
-        img += (F32(p.noise) * _grain(tex, 0, cv.H, cv.W, ox + 311, oy + 97))[..., None]
+        img += F32(p.noise) * _grain(tex, 0, cv.H, cv.W, ox + 311, oy + 97)
     np.clip(img, 0.0, 1.0, out=img)
     if p.gamma != 1.0:
         lut = (np.linspace(0.0, 1.0, 1024, dtype=np.float64) ** p.gamma).astype(F32)
