@@ -16,7 +16,7 @@ import io
 import numpy as np
 
 from .classes import MARKINGS, ROAD
-from .synthetic_canvas import F32, KERB, VEHICLE_SHAPES, Canvas, _draw_vehicle, _fence, _grain
+from .synthetic_canvas import F32, KERB, VEHICLE_SHAPES, Canvas, _draw_vehicle, _fence, _grain, fmod
 
 _BRICK = np.array([[0.56, 0.33, 0.25], [0.70, 0.62, 0.50], [0.60, 0.58, 0.55],
                    [0.45, 0.40, 0.36]], F32)
@@ -86,16 +86,16 @@ def frontage(cv: Canvas, p, tex, rng) -> None:
                 continue
             kind = kinds_a[k]  # per column (per pixel with roll)
             local = zc - starts_a[k]
-            bay = np.mod(local, bays_a[k]) / bays_a[k]
-            storey = np.mod(hgt, F32(3.0))
+            bay = fmod(local, bays_a[k]) / bays_a[k]
+            storey = fmod(hgt, 3.0)
             building = kind == 0
             glass_m = building & (((bay > 0.3) & (bay < 0.8) & (storey > 0.9) & (storey < 2.3)
                                    & (hgt > 3.0) & (hgt < seg_h - 0.8))
-                                  | ((hgt > 0.4) & (hgt < 2.7) & (np.mod(local, F32(6.0)) > 0.6)))
+                                  | ((hgt > 0.4) & (hgt < 2.7) & (fmod(local, 6.0) > 0.6)))
             top = hgt > seg_h - np.where(building, F32(0.35), F32(0.12))
             mat = glass_m.astype(np.int64)
             mat += top * (building * 2 + (kind == 1) * 3)
-            stripe = np.mod(zc, F32(0.15)) < 0.1
+            stripe = fmod(zc, 0.15) < 0.1
             mat += (kind == 2) * (4 + stripe)
             mat += (kind == 3) * 6
             g = _grain(tex, rs.start, rs.stop, cv.W, 31 * len(starts), 17)[:, cs]

@@ -34,6 +34,7 @@ from .synthetic_canvas import (
     _fence,
     _grain,
     _ground_shadow,
+    fmod,
     textures,
 )
 
@@ -163,7 +164,7 @@ def _ground(cv: Canvas, p, tex, g0, x, zb, mpp, inv, gm, all_ground, rngs) -> np
     s = zb + F32(p.dash_phase)
     if p.lane_style == "dashed":
         period = p.dash_length + p.dash_gap
-        on = np.mod(s, F32(period)) < F32(p.dash_length)
+        on = fmod(s, period) < F32(p.dash_length)
         paint *= edge | on
         dash_id = np.floor(s / F32(period)).astype(np.int64)
     else:
@@ -254,7 +255,7 @@ def _ground(cv: Canvas, p, tex, g0, x, zb, mpp, inv, gm, all_ground, rngs) -> np
             # slab joints, faded out where they would alias
             xo = out_d - F32(KERB)
             jw = np.maximum(F32(0.025), mpp)
-            joints = (np.mod(xo, F32(p.slab)) < jw) | (np.mod(zb, F32(p.slab)) < jw)
+            joints = (fmod(xo, p.slab) < jw) | (fmod(zb, p.slab) < jw)
             shade = gs * (F32(1.0) - F32(0.18) * joints
                           * np.clip(F32(0.03) / mpp - F32(0.5), 0, 1))
             if p.driveways > 0:
@@ -305,7 +306,7 @@ def _road_symbols(cv: Canvas, p, x, zb, paint):
     extra = None
     if p.crossing > 0:
         zc = p.crossing
-        m = (zb >= zc) & (zb < zc + 3.0) & (x > 0) & (x < road_w) & (np.mod(x, F32(1.0)) < 0.5)
+        m = (zb >= zc) & (zb < zc + 3.0) & (x > 0) & (x < road_w) & (fmod(x, 1.0) < 0.5)
         extra = m
     if p.stop_line > 0:
         x0 = p.ego_lane * lw
@@ -459,7 +460,7 @@ _CONCRETE = np.array([0.70, 0.69, 0.66], F32)
 
 def _guard_rail(cv: Canvas, x_pos: float) -> None:
     for rs, cs, ok, zc, hgt in _fence(cv, x_pos, 0.8):
-        post = np.mod(zc, F32(4.0)) < np.maximum(F32(0.15), F32(1.2) * zc / F32(cv.f))
+        post = fmod(zc, 4.0) < np.maximum(F32(0.15), F32(1.2) * zc / F32(cv.f))
         rail = (hgt > 0.45) & (hgt < 0.8)
         shade = np.where(rail, F32(0.8) + F32(0.25) * ((hgt > 0.6) & (hgt < 0.68)), F32(0.4))
         rgb = _STEEL * shade[..., None]
