@@ -138,15 +138,19 @@ class Canvas:
 
     def window(self, u0, u1, v0, v1):
         """Image slices covering the un-rolled box [u0,u1]x[v0,v1] and its coordinates."""
-        if not (np.isfinite(u0) and np.isfinite(u1) and np.isfinite(v0) and np.isfinite(v1)):
+        # plain float arithmetic: called for every object, often for one off the image
+        u0, u1, v0, v1 = float(u0), float(u1), float(v0), float(v1)
+        if not (math.isfinite(u0) and math.isfinite(u1) and math.isfinite(v0)
+                and math.isfinite(v1)):
             return None
         if self.p.roll:
             c, s = math.cos(self.p.roll), math.sin(self.p.roll)
-            cu = np.array([u0, u1, u0, u1])
-            cv = np.array([v0, v0, v1, v1]) - self.cy
-            iu = cu * c - cv * s + self.cx
-            iv = cu * s + cv * c + self.cy
-            c0, c1, r0, r1 = iu.min(), iu.max(), iv.min(), iv.max()
+            a0, a1 = v0 - self.cy, v1 - self.cy
+            iu = (u0 * c - a0 * s + self.cx, u1 * c - a0 * s + self.cx,
+                  u0 * c - a1 * s + self.cx, u1 * c - a1 * s + self.cx)
+            iv = (u0 * s + a0 * c + self.cy, u1 * s + a0 * c + self.cy,
+                  u0 * s + a1 * c + self.cy, u1 * s + a1 * c + self.cy)
+            c0, c1, r0, r1 = min(iu), max(iu), min(iv), max(iv)
         else:
             c0, c1, r0, r1 = u0 + self.cx, u1 + self.cx, v0, v1
         r0 = int(max(0, math.floor(r0)))

@@ -77,7 +77,7 @@ def frontage(cv: Canvas, p, tex, rng) -> None:
         lut[:, 4] = (0.31, 0.22, 0.15)
         lut[:, 5] = (0.36, 0.26, 0.17)
         lut[:, 6] = (0.16, 0.28, 0.11)
-        lut = lut.reshape(-1, 3)
+        lut = np.ascontiguousarray(lut.reshape(-1, 3).T)  # (3, segments * materials)
         for rs, cs, ok, zc, hgt in _fence(cv, x_f, float(heights_a.max())):
             k = np.clip(np.searchsorted(starts_a, zc, side="right") - 1, 0, len(starts_a) - 1)
             seg_h = heights_a[k]
@@ -99,9 +99,10 @@ def frontage(cv: Canvas, p, tex, rng) -> None:
             mat += (kind == 2) * (4 + stripe)
             mat += (kind == 3) * 6
             g = _grain(tex, rs.start, rs.stop, cv.W, 31 * len(starts), 17)[:, cs]
-            rgb = lut[k * _MATERIALS + mat]
-            rgb *= (F32(0.94) + F32(0.06) * g)[..., None]
-            cv.put(rs, cs, m, np.broadcast_to(zc, m.shape), rgb)
+            mat += k * _MATERIALS
+            rgb = np.take(lut, mat, axis=1)
+            rgb *= F32(0.94) + F32(0.06) * g
+            cv.put(rs, cs, m, np.broadcast_to(zc, m.shape), rgb, planar=True)
 
 
 #: Colours per frontage segment in the lookup table of :func:`frontage`.
