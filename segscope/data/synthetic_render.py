@@ -166,15 +166,15 @@ def _ground(cv: Canvas, p, tex, g0, x, zb, mpp, inv, gm, all_ground, rngs) -> np
         period = p.dash_length + p.dash_gap
         on = fmod(s, period) < F32(p.dash_length)
         paint *= edge | on
-        dash_id = np.floor(s / F32(period)).astype(np.int64)
+        dash_id = np.floor(s / F32(period)).astype(np.int32)
     else:
-        dash_id = np.floor(s / F32(6.0)).astype(np.int64)
+        dash_id = np.floor(s / F32(6.0)).astype(np.int32)
     if p.lane_style == "none":
         paint *= edge
     if p.edge_style == "none":
         paint *= ~edge
     if p.marking_gaps > 0:
-        h = tex["hash"][(dash_id * 7 + idx.astype(np.int64) * 131 + ox) & 4095]
+        h = np.take(tex["hash"], (dash_id * 7 + idx.astype(np.int32) * 131 + ox) & 4095)
         paint *= h >= p.marking_gaps
     paint = _road_symbols(cv, p, x, zb, paint)
     # markings only where visible road surrounds them in their row
@@ -196,7 +196,7 @@ def _ground(cv: Canvas, p, tex, g0, x, zb, mpp, inv, gm, all_ground, rngs) -> np
     # shading: world-space texture (fades with distance) and pixel-space grain
     tz = (zb * F32(3.0)).astype(np.int32) & (TILE - 1)
     tx = (x * F32(3.0)).astype(np.int32) & (TILE - 1)
-    t = tex["ground"][tz, tx]
+    t = _lookup(tex["ground"], tz, tx)
     fade = np.exp(-zb / F32(70.0)).astype(F32)
     t *= fade
     grain = _grain(tex, g0, cv.H, W, ox, oy)
@@ -232,7 +232,7 @@ def _ground(cv: Canvas, p, tex, g0, x, zb, mpp, inv, gm, all_ground, rngs) -> np
                 trace |= np.where(bs < 1, np.uint32(bits), 0).astype(np.uint32)
     alpha = paint
     if p.marking_fade > 0:
-        wear = tex["ground"][(tz * 5) & (TILE - 1), (tx * 7 + 99) & (TILE - 1)]
+        wear = _lookup(tex["ground"], (tz * 5) & (TILE - 1), (tx * 7 + 99) & (TILE - 1))
         alpha = paint * (F32(1.0) - F32(p.marking_fade) * np.clip(F32(0.6) + F32(0.5) * wear,
                                                                   0, 1))
 
@@ -252,17 +252,27 @@ def _ground(cv: Canvas, p, tex, g0, x, zb, mpp, inv, gm, all_ground, rngs) -> np
                 1 << FACTOR_BITS.index("sidewalks")), 0).astype(np.uint32)
         if p.sidewalk_style == "paved":
             walkf = walk.astype(F32)
+            # the pavement's shade, computed on its own pixels only (zero weight elsewhere)
+            wi = np.flatnonzero(walk)
+            ri = wi // W
+
+            def at(a):
+                return a.reshape(-1)[wi if a.shape[-1] == W else ri]
+
+            mpp_w, zb_w, x_w = at(mpp), at(zb), at(x)
             # slab joints, faded out where they would alias
-            xo = out_d - F32(KERB)
-            jw = np.maximum(F32(0.025), mpp)
-            joints = (fmod(xo, p.slab) < jw) | (fmod(zb, p.slab) < jw)
-            shade = gs * (F32(1.0) - F32(0.18) * joints
-                          * np.clip(F32(0.03) / mpp - F32(0.5), 0, 1))
+            xo = at(out_d) - F32(KERB)
+            jw = np.maximum(F32(0.025), mpp_w)
+            joints = (fmod(xo, p.slab) < jw) | (fmod(zb_w, p.slab) < jw)
+            shade = at(gs) * (F32(1.0) - F32(0.18) * joints
+                              * np.clip(F32(0.03) / mpp_w - F32(0.5), 0, 1))
             if p.driveways > 0:
-                drive = tex["hash"][(np.floor(zb / F32(7.0)).astype(np.int64) * 37
-                                     + (x < lo) * 911 + ox) & 4095] < p.driveways
+                drive = np.take(tex["hash"], (np.floor(zb_w / F32(7.0)).astype(np.int32) * 37
+                                              + (x_w < lo) * 911 + ox) & 4095) < p.driveways
                 shade *= np.where(drive, F32(0.8), F32(1.0))
-            np.multiply(one_minus * walkf, shade, out=weights[..., 1])
+            shade *= at(one_minus)
+            weights[..., 1] = 0
+            weights.reshape(-1, n_mat + 1)[wi, 1] = shade
         else:
             walkf = F32(0.0)
             weights[..., 1] = 0
@@ -331,26 +341,46 @@ def _surface_variety(cv: Canvas, p, tex, x, zb, fade, rs, d_in, rng):
     hsh = tex["hash"]
     ox, oy = p.texture_offset
     if p.patches > 0:
-        cell = np.floor(x / F32(2.5)).astype(np.int64) * 53 + np.floor(zb / F32(4.0)).astype(
-            np.int64) * 7 + ox
-        pick = hsh[cell & 4095]
+        cell = np.floor(x / F32(2.5)).astype(np.int32) * 53 + np.floor(zb / F32(4.0)).astype(
+            np.int32) * 7 + ox
+        pick = np.take(hsh, cell & 4095)
         patch = pick < F32(0.25 * p.patches)
-        tone = F32(0.82) + F32(0.36) * hsh[(cell * 3 + 1) & 4095]
-        rs = rs * np.where(patch, tone, F32(1.0))
+        cell *= 3
+        cell += 1
+        cell &= 4095
+        tone = F32(0.82) + F32(0.36) * np.take(hsh, cell)
+        rs *= np.where(patch, tone, F32(1.0))
     if p.cracks > 0:
-        c = tex["ground"][(zb * F32(11.0)).astype(np.int32) & (TILE - 1),
-                          (x * F32(11.0) + F32(oy)).astype(np.int32) & (TILE - 1)]
+        c = _lookup(tex["ground"], (zb * F32(11.0)).astype(np.int32) & (TILE - 1),
+                    (x * F32(11.0) + F32(oy)).astype(np.int32) & (TILE - 1))
         crack = (np.abs(c) < F32(0.05 * p.cracks)) & (zb < F32(25.0))
-        rs = rs * np.where(crack, F32(0.65), F32(1.0))
-    if p.manholes > 0:
-        for _ in range(p.manholes):
-            xm = float(rng.uniform(0.5, max(cv.road_w - 0.5, 0.6)))
-            zm = float(rng.uniform(5.0, 40.0))
-            r = float(rng.uniform(0.3, 0.45))
-            d2 = (x - F32(xm)) ** 2 + (zb - F32(zm)) ** 2
-            rs = rs * np.where(d2 < F32(r * r), np.where(d2 > F32(0.7 * r * r), F32(0.55),
-                                                          F32(0.8)), F32(1.0))
+        rs *= np.where(crack, F32(0.65), F32(1.0))
+    for _ in range(p.manholes):
+        xm = float(rng.uniform(0.5, max(cv.road_w - 0.5, 0.6)))
+        zm = float(rng.uniform(5.0, 40.0))
+        r = float(rng.uniform(0.3, 0.45))
+        # only the rows and columns that can hold the cover (with a margin for rounding)
+        near = F32(r * 1.01 + 1e-3)
+        rows = np.flatnonzero((np.abs(zb - F32(zm)) < near).any(axis=1))
+        if not rows.size:
+            continue
+        r0, r1 = rows[0], rows[-1] + 1
+        cols = np.flatnonzero((np.abs(x[r0:r1] - F32(xm)) < near).any(axis=0))
+        if not cols.size:
+            continue
+        c0, c1 = cols[0], cols[-1] + 1
+        xw = x[r0:r1, c0:c1]
+        zw = zb[r0:r1, c0:c1] if zb.shape[-1] == x.shape[-1] else zb[r0:r1]
+        d2 = (xw - F32(xm)) ** 2 + (zw - F32(zm)) ** 2
+        rs[r0:r1, c0:c1] *= np.where(d2 < F32(r * r), np.where(d2 > F32(0.7 * r * r),
+                                                                F32(0.55), F32(0.8)), F32(1.0))
     return rs
+
+
+def _lookup(tile: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """``tile[rows, cols]`` for a (TILE,TILE) texture and in-range int32 indices, as one
+    flat gather (several times faster than numpy's two-array fancy indexing)."""
+    return np.take(tile.reshape(-1), (rows << TILE.bit_length() - 1) | cols)
 
 
 def _frontage_shadow(cv: Canvas, p, x, zb):
@@ -364,10 +394,13 @@ def _frontage_shadow(cv: Canvas, p, x, zb):
     starts, heights, x_f = fr[side]
     if not len(starts):
         return None
-    k = np.searchsorted(starts, zb, side="right") - 1
-    h = np.asarray(heights, F32)[np.clip(k, 0, len(heights) - 1)]
-    reach = h * F32(abs(p.sun_dx))
-    shade = (x > F32(x_f) - reach) if side == "right" else (x < F32(x_f) + reach)
+    # the edge of the shade per frontage segment, then per pixel (index i: segment i-1,
+    # the first one also before its start)
+    reach = np.asarray(heights, F32) * F32(abs(p.sun_dx))
+    edge = F32(x_f) - reach if side == "right" else F32(x_f) + reach
+    edge = np.concatenate([edge[:1], edge])
+    edge = np.take(edge, np.searchsorted(starts, zb, side="right"))
+    shade = (x > edge) if side == "right" else (x < edge)
     return np.where(shade, F32(1.0 - p.shadow), F32(1.0))
 
 
