@@ -194,7 +194,7 @@ class Canvas:
         if colour.ndim == 1:
             colour = colour[:, None, None]
         elif not planar:
-            colour = np.moveaxis(colour, -1, 0)
+            colour = colour.transpose(2, 0, 1)
         np.copyto(self.image[:, rs, cs], colour, where=mask)
         self.covered[rs, cs] |= mask
         if self.trace is not None:

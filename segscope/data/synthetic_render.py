@@ -302,7 +302,7 @@ def _ground(cv: Canvas, p, tex, g0, x, zb, mpp, inv, gm, all_ground, rngs) -> np
         weights[..., 2] *= F32(1.0 - 0.35 * p.wet)
     else:
         weights[..., -1] = 0
-    band = np.moveaxis(weights @ np.array(colours, F32), -1, 0)
+    band = (weights @ np.array(colours, F32)).transpose(2, 0, 1)
     if all_ground and not covered.any():
         cv.image[:, g0:] = band
     else:
