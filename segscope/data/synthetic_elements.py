@@ -37,8 +37,9 @@ def frontage(cv: Canvas, p, tex, rng) -> None:
     hedge or a gap); its heights are kept on the canvas for the shadows it casts.
     """
     cv.frontage = {}
+    own = np.asarray(p.building_rgb, F32)
     for side, x_f, _ in _sides(cv, p):
-        starts, heights, kinds, colours, bays = [], [], [], [], []
+        starts, heights, kinds, bases, tones, noises, bays = [], [], [], [], [], [], []
         z = 0.0
         while z < min(cv.zmax, 400.0):
             starts.append(z)
@@ -55,21 +56,30 @@ def frontage(cv: Canvas, p, tex, rng) -> None:
                 kinds.append(-1)
                 heights.append(0.0)
                 length = rng.uniform(4.0, 14.0)
-            base = np.asarray(p.building_rgb, F32) if rng.random() < 0.5 else \
-                _BRICK[rng.integers(0, len(_BRICK))]
-            colours.append(np.clip(base * rng.uniform(0.8, 1.2) + rng.normal(0, 0.03, 3), 0, 1))
+            bases.append(own if rng.random() < 0.5 else _BRICK[rng.integers(0, len(_BRICK))])
+            tones.append(rng.uniform(0.8, 1.2))
+            noises.append(rng.normal(0, 0.03, 3))
             bays.append(rng.uniform(2.2, 4.0))
             z += length
         starts_a = np.asarray(starts, F32)
         cv.frontage[side] = (starts_a, np.asarray(heights, F32), x_f)
         if max(heights) <= 0:
             continue
-        heights_a, kinds_a = np.asarray(heights, F32), np.asarray(kinds)
-        bays_a = np.asarray(bays, F32)
+        # per-segment tables indexed by ``searchsorted(starts, z)``, i.e. segment + 1 (the
+        # first segment repeated in front: it also holds before its start)
+        def table(values, dtype):
+            a = np.asarray(values, dtype)
+            return np.concatenate([a[:1], a])
+
+        heights_a, kinds_a = table(heights, F32), table(kinds, np.int64)
+        bays_a, starts_e = table(bays, F32), table(starts, F32)
         # one colour table: per segment, base / glass / cornice / wall top / wood / hedge
-        base_c = np.asarray(colours, F32)
+        # (the tone in float32 as ``base * python_float`` computes it, the noise in float64)
+        base_c = np.clip((np.asarray(bases, F32) * np.asarray(tones, F32)[:, None])
+                         .astype(np.float64) + np.asarray(noises), 0, 1)
+        base_c = table(base_c, F32)
         glass = np.asarray(p.sky_horizon_rgb, F32) * F32(0.35) + F32(0.06)
-        lut = np.empty((len(starts), _MATERIALS, 3), F32)
+        lut = np.empty((len(base_c), _MATERIALS, 3), F32)
         lut[:, 0] = base_c
         lut[:, 1] = glass
         lut[:, 2] = base_c * F32(0.75)
@@ -79,28 +89,35 @@ def frontage(cv: Canvas, p, tex, rng) -> None:
         lut[:, 6] = (0.16, 0.28, 0.11)
         lut = np.ascontiguousarray(lut.reshape(-1, 3).T)  # (3, segments * materials)
         for rs, cs, ok, zc, hgt in _fence(cv, x_f, float(heights_a.max())):
-            k = np.clip(np.searchsorted(starts_a, zc, side="right") - 1, 0, len(starts_a) - 1)
-            seg_h = heights_a[k]
+            k = np.searchsorted(starts_a, zc, side="right")  # per column (pixel with roll)
+            seg_h = np.take(heights_a, k)
             m = ok & (hgt <= seg_h)
             if not m.any():
                 continue
-            kind = kinds_a[k]  # per column (per pixel with roll)
-            local = zc - starts_a[k]
-            bay = fmod(local, bays_a[k]) / bays_a[k]
-            storey = fmod(hgt, 3.0)
+            kind = np.take(kinds_a, k)
+            present = set(kinds_a[k.min():k.max() + 1].tolist())
+            # material index: segment * _MATERIALS + base 0 / glass 1 / cornice 2 /
+            # wall top 3 / wood 4, 5 / hedge 6; each term only for the kinds in view
+            mat = k * _MATERIALS
             building = kind == 0
-            glass_m = building & (((bay > 0.3) & (bay < 0.8) & (storey > 0.9) & (storey < 2.3)
-                                   & (hgt > 3.0) & (hgt < seg_h - 0.8))
-                                  | ((hgt > 0.4) & (hgt < 2.7) & (fmod(local, 6.0) > 0.6)))
-            top = hgt > seg_h - np.where(building, F32(0.35), F32(0.12))
-            mat = glass_m.astype(np.int64)
-            mat += top * (building * 2 + (kind == 1) * 3)
-            stripe = fmod(zc, 0.15) < 0.1
-            mat += (kind == 2) * (4 + stripe)
-            mat += (kind == 3) * 6
+            if 0 in present:
+                local = zc - np.take(starts_e, k)
+                bk = np.take(bays_a, k)
+                bay = fmod(local, bk) / bk
+                storey = fmod(hgt, 3.0)
+                mat = mat + (building & (((bay > 0.3) & (bay < 0.8) & (storey > 0.9)
+                                          & (storey < 2.3) & (hgt > 3.0) & (hgt < seg_h - 0.8))
+                                         | ((hgt > 0.4) & (hgt < 2.7)
+                                            & (fmod(local, 6.0) > 0.6))))
+            if 0 in present or 1 in present:
+                top = hgt > seg_h - np.where(building, F32(0.35), F32(0.12))
+                mat = mat + top * (building * 2 + (kind == 1) * 3)
+            if 2 in present:
+                mat = mat + (kind == 2) * (4 + (fmod(zc, 0.15) < 0.1))
+            if 3 in present:
+                mat = mat + (kind == 3) * 6
             g = _grain(tex, rs.start, rs.stop, cv.W, 31 * len(starts), 17)[:, cs]
-            mat += k * _MATERIALS
-            rgb = np.take(lut, mat, axis=1)
+            rgb = np.take(lut, np.broadcast_to(mat, m.shape), axis=1)
             rgb *= F32(0.94) + F32(0.06) * g
             cv.put(rs, cs, m, np.broadcast_to(zc, m.shape), rgb, planar=True)
 
