@@ -341,8 +341,10 @@ def _surface_variety(cv: Canvas, p, tex, x, zb, fade, rs, d_in, rng):
     hsh = tex["hash"]
     ox, oy = p.texture_offset
     if p.patches > 0:
-        cell = np.floor(x / F32(2.5)).astype(np.int32) * 53 + np.floor(zb / F32(4.0)).astype(
-            np.int32) * 7 + ox
+        cell = np.floor(np.divide(x, F32(2.5))).astype(np.int32)
+        cell *= 53
+        cell += np.floor(zb / F32(4.0)).astype(np.int32) * 7
+        cell += ox
         pick = np.take(hsh, cell & 4095)
         patch = pick < F32(0.25 * p.patches)
         cell *= 3
@@ -418,7 +420,7 @@ def _sky(cv: Canvas, p, tex, s1: int) -> None:
         k = 300.0 / cv.H
         rows = (np.arange(s1) * k * 1.6 + oy).astype(np.int64) & (TILE - 1)
         cols = (np.arange(cv.W) * k * 0.6 + ox).astype(np.int64) & (TILE - 1)
-        c = tex["clouds"][np.ix_(rows, cols)]
+        c = _lookup(tex["clouds"], rows[:, None], cols[None, :])
         amount = np.clip(c * F32(0.55) - F32(1.25) + F32(1.6 * p.clouds), 0.0, 1.0)
         amount *= F32(1.0) - F32(0.6) * t
         cloud_rgb = F32(0.97) - F32(0.12) * np.clip(c - 1.0, 0, 1)
@@ -456,35 +458,35 @@ def _skyline(cv: Canvas, p, tex, rng) -> None:
     j = np.clip(np.rint(uu + F32(cv.cx - 0.5 - cols[0])).astype(np.int64), 0, len(cols) - 1)
 
     def at(a):
-        return a.astype(F32)[j]
+        return np.take(a.astype(F32), j)
 
     height = F32(cv.v_end + 0.5) - vv  # pixels above the horizon
     hor = np.asarray(p.sky_horizon_rgb, F32)
     hill_rgb = 0.55 * np.asarray(p.hills_rgb, F32) + 0.45 * hor
     tr = 0.8 * np.asarray(p.trees_rgb, F32) + 0.2 * hor
     shape = np.broadcast_shapes(height.shape, j.shape)
-    rgb = np.empty(shape + (3,), F32)
-    rgb[:] = hill_rgb
+    rgb = np.empty((3,) + shape, F32)  # channels first
+    rgb[:] = hill_rgb[:, None, None]
     in_hill = height < at(hills)
     mask = in_hill
     if p.buildings > 0:
         in_b = height < at(bh)
         if in_b.any():
             tint = F32(0.75) + F32(0.5) * at(hsh[(block * 3 + 1) & 4095])
-            b_rgb = np.asarray(p.building_rgb, F32) * tint[..., None]
+            b_rgb = np.asarray(p.building_rgb, F32)[:, None, None] * tint
             win_px = max(2, int(round(3 * sc)))
             windows = (at(ci % 6) < 3) & ((vv.astype(np.int64) // win_px) % 2 == 0) & (
                 height > 2 * sc)
-            b_rgb = np.where(windows[..., None], b_rgb * F32(0.55), b_rgb)
-            b_rgb = F32(0.8) * b_rgb + F32(0.2) * hor
-            np.copyto(rgb, np.broadcast_to(b_rgb, rgb.shape), where=in_b[..., None])
+            b_rgb = np.where(windows, b_rgb * F32(0.55), b_rgb)
+            b_rgb = F32(0.8) * b_rgb + (F32(0.2) * hor)[:, None, None]
+            np.copyto(rgb, b_rgb, where=in_b)
             mask = mask | in_b
     th = at(tree_h)
     in_t = height < th
     lum = F32(0.85) + F32(0.35) * at(bump) * (F32(1.0) - height / (th + 1))
-    np.copyto(rgb, tr * lum[..., None], where=in_t[..., None])
+    np.copyto(rgb, tr[:, None, None] * lum, where=in_t)
     mask = mask | in_t
-    cv.put(rs, cs, mask, F32(2000.0), rgb)
+    cv.put(rs, cs, mask, F32(2000.0), rgb, planar=True)
 
 
 _STEEL = np.array([0.70, 0.72, 0.74], F32)
@@ -530,6 +532,11 @@ def _poles(cv: Canvas, p, rng) -> None:
         m = ((np.abs(uu - u) <= half) & (vv >= vt) & (vv <= vg)) | (
             (uu >= ua) & (uu <= u) & (np.abs(vv - vt) <= arm))
         cv.put(rs, cs, m, F32(z), rgb)
+
+
+#: Trunk colours (channels first) of leafy and bare trees.
+_BARK = np.array([0.22, 0.16, 0.10], F32)[:, None, None]
+_BARK_BARE = np.array([0.22, 0.18, 0.14], F32)[:, None, None]
 
 
 def _trees(cv: Canvas, p, tex, rng) -> None:
@@ -584,14 +591,13 @@ def _trees(cv: Canvas, p, tex, rng) -> None:
         if bare[i] and not conifer[i]:
             # leafless: a sparse tangle of twigs through which the background shows
             crown = crown & (g > F32(0.55))
-            rgb = np.broadcast_to(branch * (F32(0.8) + F32(0.2) * g)[..., None],
-                                  g.shape + (3,))
-            rgb = np.where(crown[..., None], rgb, np.array([0.22, 0.18, 0.14], F32))
+            rgb = branch[:, None, None] * (F32(0.8) + F32(0.2) * g)
+            rgb = np.where(crown, rgb, _BARK_BARE)
         else:
             lit = np.clip(F32(1.0) - F32(0.35) * (du + dv), F32(0.55), F32(1.4))
-            rgb = tr * (lit * (F32(0.9) + F32(0.12) * g))[..., None]
-            rgb = np.where(crown[..., None], rgb, np.array([0.22, 0.16, 0.10], F32))
-        cv.put(rs, cs, crown | trunk, F32(z), rgb)
+            rgb = tr[:, None, None] * (lit * (F32(0.9) + F32(0.12) * g))
+            rgb = np.where(crown, rgb, _BARK)
+        cv.put(rs, cs, crown | trunk, F32(z), rgb, planar=True)
         if p.shadow > 0:
             h = trunk_h[i] + radius[i] * (2.6 if conifer[i] else 1.0)
             cv.tagged("trees", "shadows")
@@ -683,4 +689,4 @@ def _atmosphere(cv: Canvas, p, tex) -> None:
         lut = (np.linspace(0.0, 1.0, 1024, dtype=np.float64) ** p.gamma).astype(F32)
         img *= F32(1023.0)
         img += F32(0.5)
-        cv.image = lut[img.astype(np.int32)]
+        cv.image = np.take(lut, img.astype(np.int32))
