@@ -121,7 +121,11 @@ def render(p, height: int, width: int, rngs, trace: bool = False):
 def _ground(cv: Canvas, p, tex, g0, x, zb, mpp, inv, gm, all_ground, rngs) -> np.ndarray:
     """Compose verge, kerbs, pavements, road and markings below the horizon; return the
     band's labels. Every class boundary is an interval of the road coordinate ``x`` (or
-    of the distance ``z`` for crossings, stop lines and arrows)."""
+    of the distance ``z`` for crossings, stop lines and arrows).
+
+    What only the road shows (its shade, the paint) is computed on the road's own
+    pixels, those it covers at least in part and that no object hides; everywhere else
+    its weight is zero."""
     H, W = cv.H, cv.W
     hb = H - g0
     ox, oy = p.texture_offset
@@ -139,11 +143,30 @@ def _ground(cv: Canvas, p, tex, g0, x, zb, mpp, inv, gm, all_ground, rngs) -> np
     cov = d_in * inv
     cov += F32(0.5)
     np.clip(cov, 0.0, 1.0, out=cov)
+    # markings only where visible road surrounds them in their row
+    vis = surface & visible
+    enclosed = vis.copy()
+    enclosed[:, 1:] &= vis[:, :-1]
+    enclosed[:, :-1] &= vis[:, 1:]
+    enclosed[:, 0] = False
+    enclosed[:, -1] = False
+    label = vis.astype(np.uint8)  # ROAD == 1
+    assert ROAD == 1
+
+    road = np.flatnonzero((cov > 0) & visible)  # flat band indices; enclosed lies inside
+    road_rows = road // W
+
+    def at(a):
+        """``a`` (band rows, full width or one column) at the road's pixels."""
+        a = np.ascontiguousarray(a)
+        return np.take(a.reshape(-1), road if a.shape[-1] == W else road_rows)
+
+    xr, zr, mppr, invr = at(x), at(zb), at(mpp), at(inv)
 
     # lines on the boundaries between lanes (0..lanes); edge lines on the outer two
-    idx = np.rint(x * F32(1.0 / lw))
+    idx = np.rint(xr * F32(1.0 / lw))
     np.clip(idx, 0, p.lanes, out=idx)
-    dist = np.abs(x - idx * F32(lw))
+    dist = np.abs(xr - idx * F32(lw))
     line_dist = dist
     edge = (idx == 0) | (idx == p.lanes)
     lane_hw = p.line_width / 2
@@ -156,12 +179,12 @@ def _ground(cv: Canvas, p, tex, g0, x, zb, mpp, inv, gm, all_ground, rngs) -> np
         gap = np.where(edge, F32(p.edge_width * 1.6), F32(p.line_width * 1.4))
         dist = np.where(doubled, np.abs(dist - gap), dist)
     hw = np.where(edge, F32(p.edge_width / 2), F32(lane_hw))
-    np.maximum(hw, F32(0.5) * mpp, out=hw)  # never thinner than one pixel
+    np.maximum(hw, F32(0.5) * mppr, out=hw)  # never thinner than one pixel
     paint = hw - dist
-    paint *= inv
+    paint *= invr
     paint += F32(0.5)
     np.clip(paint, 0.0, 1.0, out=paint)
-    s = zb + F32(p.dash_phase)
+    s = zr + F32(p.dash_phase)
     if p.lane_style == "dashed":
         period = p.dash_length + p.dash_gap
         on = fmod(s, period) < F32(p.dash_length)
@@ -176,22 +199,12 @@ def _ground(cv: Canvas, p, tex, g0, x, zb, mpp, inv, gm, all_ground, rngs) -> np
     if p.marking_gaps > 0:
         h = np.take(tex["hash"], (dash_id * 7 + idx.astype(np.int32) * 131 + ox) & 4095)
         paint *= h >= p.marking_gaps
-    paint = _road_symbols(cv, p, x, zb, paint)
-    # markings only where visible road surrounds them in their row
-    vis = surface & visible
-    enclosed = vis.copy()
-    enclosed[:, 1:] &= vis[:, :-1]
-    enclosed[:, :-1] &= vis[:, 1:]
-    enclosed[:, 0] = False
-    enclosed[:, -1] = False
-    paint *= enclosed
+    paint = _road_symbols(cv, p, xr, zr, paint)
+    paint *= at(enclosed)
 
-    label = vis.astype(np.uint8)  # ROAD == 1
-    label[paint >= 0.5] = MARKINGS
-    assert ROAD == 1
+    label.reshape(-1)[road[paint >= 0.5]] = MARKINGS
     if trace is not None:
-        trace |= np.where(paint > 0, np.uint32(1 << FACTOR_BITS.index("markings")), 0
-                          ).astype(np.uint32)
+        trace.reshape(-1)[road[paint > 0]] |= np.uint32(1 << FACTOR_BITS.index("markings"))
 
     # shading: world-space texture (fades with distance) and pixel-space grain
     tz = (zb * F32(3.0)).astype(np.int32) & (TILE - 1)
@@ -201,8 +214,9 @@ def _ground(cv: Canvas, p, tex, g0, x, zb, mpp, inv, gm, all_ground, rngs) -> np
     t *= fade
     grain = _grain(tex, g0, cv.H, W, ox, oy)
     gs = F32(1.0) + F32(0.28) * t + F32(0.10) * grain
-    rs = t * F32(0.6)
-    rs += grain * F32(0.7)
+    grain_r = at(grain)
+    rs = at(t) * F32(0.6)
+    rs += grain_r * F32(0.7)
     rs *= F32(p.asphalt_texture)
     rs += F32(1.0)
     # wheel paths: darker, polished bands 0.9 m either side of each lane centre
@@ -212,27 +226,29 @@ def _ground(cv: Canvas, p, tex, g0, x, zb, mpp, inv, gm, all_ground, rngs) -> np
     np.maximum(wheel, F32(0.0), out=wheel)
     rs -= wheel * F32(0.07 * (1 - p.rain))
     if p.shoulder_shade != 1.0:
-        shoulder = (x < 0) | (x > cv.road_w)
+        shoulder = (xr < 0) | (xr > cv.road_w)
         rs *= F32(1.0) + F32(p.shoulder_shade - 1.0) * shoulder
-    rs = _surface_variety(cv, p, tex, x, zb, fade, rs, d_in, rngs("surface"))
-    ps = F32(1.0) + F32(0.05) * grain
+    rs = _surface_variety(cv, p, tex, xr, zr, rs, rngs("surface"))
+    ps = F32(1.0) + F32(0.05) * grain_r
     if cv.shadow is not None:
         sb = cv.shadow[g0:]
         gs *= sb
+        sb = at(sb)
         rs *= sb
         ps *= sb
     if urban and p.shadow > 0 and p.facades + p.walls > 0:
         bs = _frontage_shadow(cv, p, x, zb)
         if bs is not None:
             gs *= bs
-            rs *= bs
-            ps *= bs
             if trace is not None:
                 bits = (1 << FACTOR_BITS.index("buildings")) | (1 << FACTOR_BITS.index("shadows"))
                 trace |= np.where(bs < 1, np.uint32(bits), 0).astype(np.uint32)
+            bs = at(bs)
+            rs *= bs
+            ps *= bs
     alpha = paint
     if p.marking_fade > 0:
-        wear = _lookup(tex["ground"], (tz * 5) & (TILE - 1), (tx * 7 + 99) & (TILE - 1))
+        wear = _lookup(tex["ground"], (at(tz) * 5) & (TILE - 1), (at(tx) * 7 + 99) & (TILE - 1))
         alpha = paint * (F32(1.0) - F32(p.marking_fade) * np.clip(F32(0.6) + F32(0.5) * wear,
                                                                   0, 1))
 
@@ -240,6 +256,7 @@ def _ground(cv: Canvas, p, tex, g0, x, zb, mpp, inv, gm, all_ground, rngs) -> np
     out_d = -d_in
     n_mat = 6 if urban else 5
     weights = np.empty((hb, W, n_mat + 1), F32)
+    flat_w = weights.reshape(-1, n_mat + 1)
     one_minus = F32(1.0) - cov
     np.multiply(one_minus, gs, out=weights[..., 0])
     if urban:
@@ -250,58 +267,59 @@ def _ground(cv: Canvas, p, tex, g0, x, zb, mpp, inv, gm, all_ground, rngs) -> np
         if trace is not None:
             trace |= np.where((kerb | walk) & visible, np.uint32(
                 1 << FACTOR_BITS.index("sidewalks")), 0).astype(np.uint32)
+        weights[..., 1] = 0
         if p.sidewalk_style == "paved":
             walkf = walk.astype(F32)
             # the pavement's shade, computed on its own pixels only (zero weight elsewhere)
             wi = np.flatnonzero(walk)
             ri = wi // W
 
-            def at(a):
+            def at_walk(a):
                 return a.reshape(-1)[wi if a.shape[-1] == W else ri]
 
-            mpp_w, zb_w, x_w = at(mpp), at(zb), at(x)
+            mpp_w, zb_w, x_w = at_walk(mpp), at_walk(zb), at_walk(x)
             # slab joints, faded out where they would alias
-            xo = at(out_d) - F32(KERB)
+            xo = at_walk(out_d) - F32(KERB)
             jw = np.maximum(F32(0.025), mpp_w)
             joints = (fmod(xo, p.slab) < jw) | (fmod(zb_w, p.slab) < jw)
-            shade = at(gs) * (F32(1.0) - F32(0.18) * joints
-                              * np.clip(F32(0.03) / mpp_w - F32(0.5), 0, 1))
+            shade = at_walk(gs) * (F32(1.0) - F32(0.18) * joints
+                                   * np.clip(F32(0.03) / mpp_w - F32(0.5), 0, 1))
             if p.driveways > 0:
                 drive = np.take(tex["hash"], (np.floor(zb_w / F32(7.0)).astype(np.int32) * 37
                                               + (x_w < lo) * 911 + ox) & 4095) < p.driveways
                 shade *= np.where(drive, F32(0.8), F32(1.0))
-            shade *= at(one_minus)
-            weights[..., 1] = 0
-            weights.reshape(-1, n_mat + 1)[wi, 1] = shade
+            shade *= at_walk(one_minus)
+            flat_w[wi, 1] = shade
         else:
             walkf = F32(0.0)
-            weights[..., 1] = 0
         np.multiply(one_minus * kerbf, gs, out=weights[..., 5])
         weights[..., 0] *= F32(1.0) - kerbf - walkf
         # gutter: the road darkens in the last 0.25 m before the kerb
-        rs *= F32(1.0) - F32(0.25) * np.clip(F32(1.0) - d_in / F32(0.25), 0, 1) * surface
+        rs *= F32(1.0) - F32(0.25) * np.clip(F32(1.0) - at(d_in) / F32(0.25), 0, 1) * at(
+            surface)
         mat1 = p.sidewalk_rgb
     else:
         gravel = (d_in < 0) & (d_in > F32(-0.7))
         np.multiply(weights[..., 0], gravel, out=weights[..., 1])
         weights[..., 0] -= weights[..., 1]
         mat1 = (0.46, 0.43, 0.37)
-    np.multiply(cov, rs, out=weights[..., 2])
-    weights[..., 2] *= F32(1.0) - alpha
+    # the road's and the paint's weights: zero but on the road's pixels
+    weights[..., 2:5] = 0
+    weights[..., -1] = 0
+    w_road = at(cov) * rs
+    w_road *= F32(1.0) - alpha
     ap = alpha * ps
-    np.multiply(ap, ~edge, out=weights[..., 3])
-    np.multiply(ap, edge, out=weights[..., 4])
+    flat_w[road, 3] = ap * ~edge
+    flat_w[road, 4] = ap * edge
     colours = [p.grass_rgb, mat1, p.asphalt_rgb, p.marking_rgb, p.edge_rgb]
     if urban:
         colours.append(p.kerb_rgb)
     # a wet road mirrors the sky, more so far away
     colours.append(p.sky_horizon_rgb)
     if p.wet > 0:
-        np.multiply(weights[..., 2], F32(0.45 * p.wet) * (F32(1.0) - F32(0.7) * fade),
-                    out=weights[..., -1])
-        weights[..., 2] *= F32(1.0 - 0.35 * p.wet)
-    else:
-        weights[..., -1] = 0
+        flat_w[road, -1] = w_road * (F32(0.45 * p.wet) * (F32(1.0) - F32(0.7) * at(fade)))
+        w_road *= F32(1.0 - 0.35 * p.wet)
+    flat_w[road, 2] = w_road
     band = (weights @ np.array(colours, F32)).transpose(2, 0, 1)
     if all_ground and not covered.any():
         cv.image[:, g0:] = band
@@ -336,8 +354,9 @@ def _road_symbols(cv: Canvas, p, x, zb, paint):
     return np.maximum(paint, extra.astype(F32))
 
 
-def _surface_variety(cv: Canvas, p, tex, x, zb, fade, rs, d_in, rng):
-    """Patches of newer or older asphalt, cracks and manhole covers (shading only)."""
+def _surface_variety(cv: Canvas, p, tex, x, zb, rs, rng):
+    """Patches of newer or older asphalt, cracks and manhole covers: ``rs`` (the road
+    shade at road coordinates ``x``, ``zb``) shaded in place."""
     hsh = tex["hash"]
     ox, oy = p.texture_offset
     if p.patches > 0:
@@ -361,21 +380,12 @@ def _surface_variety(cv: Canvas, p, tex, x, zb, fade, rs, d_in, rng):
         xm = float(rng.uniform(0.5, max(cv.road_w - 0.5, 0.6)))
         zm = float(rng.uniform(5.0, 40.0))
         r = float(rng.uniform(0.3, 0.45))
-        # only the rows and columns that can hold the cover (with a margin for rounding)
+        # only the pixels that can hold the cover (with a margin for rounding)
         near = F32(r * 1.01 + 1e-3)
-        rows = np.flatnonzero((np.abs(zb - F32(zm)) < near).any(axis=1))
-        if not rows.size:
-            continue
-        r0, r1 = rows[0], rows[-1] + 1
-        cols = np.flatnonzero((np.abs(x[r0:r1] - F32(xm)) < near).any(axis=0))
-        if not cols.size:
-            continue
-        c0, c1 = cols[0], cols[-1] + 1
-        xw = x[r0:r1, c0:c1]
-        zw = zb[r0:r1, c0:c1] if zb.shape[-1] == x.shape[-1] else zb[r0:r1]
-        d2 = (xw - F32(xm)) ** 2 + (zw - F32(zm)) ** 2
-        rs[r0:r1, c0:c1] *= np.where(d2 < F32(r * r), np.where(d2 > F32(0.7 * r * r),
-                                                                F32(0.55), F32(0.8)), F32(1.0))
+        sel = np.flatnonzero((np.abs(zb - F32(zm)) < near) & (np.abs(x - F32(xm)) < near))
+        d2 = (x[sel] - F32(xm)) ** 2 + (zb[sel] - F32(zm)) ** 2
+        rs[sel] *= np.where(d2 < F32(r * r), np.where(d2 > F32(0.7 * r * r), F32(0.55),
+                                                      F32(0.8)), F32(1.0))
     return rs
 
 
