@@ -255,7 +255,7 @@ def _ground(cv: Canvas, p, tex, g0, x, zb, mpp, inv, gm, all_ground, rngs) -> np
     # beside the road: a kerb and a pavement (urban), or a gravel strip (highway)
     out_d = -d_in
     n_mat = 6 if urban else 5
-    weights = np.empty((hb, W, n_mat + 1), F32)
+    weights = np.zeros((hb, W, n_mat + 1), F32)
     flat_w = weights.reshape(-1, n_mat + 1)
     one_minus = F32(1.0) - cov
     np.multiply(one_minus, gs, out=weights[..., 0])
@@ -267,7 +267,6 @@ def _ground(cv: Canvas, p, tex, g0, x, zb, mpp, inv, gm, all_ground, rngs) -> np
         if trace is not None:
             trace |= np.where((kerb | walk) & visible, np.uint32(
                 1 << FACTOR_BITS.index("sidewalks")), 0).astype(np.uint32)
-        weights[..., 1] = 0
         if p.sidewalk_style == "paved":
             walkf = walk.astype(F32)
             # the pavement's shade, computed on its own pixels only (zero weight elsewhere)
@@ -304,13 +303,13 @@ def _ground(cv: Canvas, p, tex, g0, x, zb, mpp, inv, gm, all_ground, rngs) -> np
         weights[..., 0] -= weights[..., 1]
         mat1 = (0.46, 0.43, 0.37)
     # the road's and the paint's weights: zero but on the road's pixels
-    weights[..., 2:5] = 0
-    weights[..., -1] = 0
     w_road = at(cov) * rs
     w_road *= F32(1.0) - alpha
     ap = alpha * ps
-    flat_w[road, 3] = ap * ~edge
-    flat_w[road, 4] = ap * edge
+    w_paint = np.empty((road.size, 2), F32)
+    np.multiply(ap, ~edge, out=w_paint[:, 0])
+    np.multiply(ap, edge, out=w_paint[:, 1])
+    flat_w[road, 3:5] = w_paint
     colours = [p.grass_rgb, mat1, p.asphalt_rgb, p.marking_rgb, p.edge_rgb]
     if urban:
         colours.append(p.kerb_rgb)
