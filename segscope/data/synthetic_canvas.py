@@ -200,6 +200,28 @@ class Canvas:
         if self.trace is not None:
             self.trace[rs, cs] |= np.where(mask, self.tag, 0).astype(np.uint32)
 
+    def claim(self, rs, cs, mask, z) -> tuple[np.ndarray, np.ndarray]:
+        """The pixels of ``mask`` (in the window ``rs, cs``) nearer than ``z`` to what is
+        drawn there: their flat indices in the window and in the image, for an element
+        that shades only those (then :meth:`paint` them)."""
+        local = np.flatnonzero(mask & (z < self.depth[rs, cs]))
+        w = cs.stop - cs.start
+        rows, cols = np.divmod(local, w)
+        rows += rs.start
+        rows *= self.W
+        rows += cols
+        rows += cs.start
+        return local, rows
+
+    def paint(self, pixels, z, colour) -> None:
+        """Draw ``colour`` (3, n) at depth ``z`` (n,) on the flat image ``pixels`` of
+        :meth:`claim` (the same as :meth:`put` does on a mask)."""
+        self.depth.reshape(-1)[pixels] = z
+        self.image.reshape(3, -1)[:, pixels] = colour
+        self.covered.reshape(-1)[pixels] = True
+        if self.trace is not None:
+            self.trace.reshape(-1)[pixels] |= np.uint32(self.tag)
+
     def darken(self, rs, cs, mask, factor: float) -> None:
         """Shade the ground under ``mask`` (contact shadows)."""
         if self.shadow is None:

@@ -90,10 +90,18 @@ def frontage(cv: Canvas, p, tex, rng) -> None:
         lut = np.ascontiguousarray(lut.reshape(-1, 3).T)  # (3, segments * materials)
         for rs, cs, ok, zc, hgt in _fence(cv, x_f, float(heights_a.max())):
             k = np.searchsorted(starts_a, zc, side="right")  # per column (pixel with roll)
-            seg_h = np.take(heights_a, k)
-            m = ok & (hgt <= seg_h)
-            if not m.any():
+            m = ok & (hgt <= np.take(heights_a, k))
+            # shade only the pixels that will show: gather them, compute, scatter
+            local, pixels = cv.claim(rs, cs, m, zc)
+            if not local.size:
                 continue
+            if zc.shape[0] == 1:  # one value per column
+                at_col = local % (cs.stop - cs.start)
+                zc, k = zc.reshape(-1)[at_col], k.reshape(-1)[at_col]
+            else:
+                zc, k = zc.reshape(-1)[local], k.reshape(-1)[local]
+            hgt = hgt.reshape(-1)[local]
+            seg_h = np.take(heights_a, k)
             kind = np.take(kinds_a, k)
             present = set(kinds_a[k.min():k.max() + 1].tolist())
             # material index: segment * _MATERIALS + base 0 / glass 1 / cornice 2 /
@@ -101,25 +109,25 @@ def frontage(cv: Canvas, p, tex, rng) -> None:
             mat = k * _MATERIALS
             building = kind == 0
             if 0 in present:
-                local = zc - np.take(starts_e, k)
+                local_z = zc - np.take(starts_e, k)
                 bk = np.take(bays_a, k)
-                bay = fmod(local, bk) / bk
+                bay = fmod(local_z, bk) / bk
                 storey = fmod(hgt, 3.0)
-                mat = mat + (building & (((bay > 0.3) & (bay < 0.8) & (storey > 0.9)
-                                          & (storey < 2.3) & (hgt > 3.0) & (hgt < seg_h - 0.8))
-                                         | ((hgt > 0.4) & (hgt < 2.7)
-                                            & (fmod(local, 6.0) > 0.6))))
+                mat += building & (((bay > 0.3) & (bay < 0.8) & (storey > 0.9)
+                                    & (storey < 2.3) & (hgt > 3.0) & (hgt < seg_h - 0.8))
+                                   | ((hgt > 0.4) & (hgt < 2.7) & (fmod(local_z, 6.0) > 0.6)))
             if 0 in present or 1 in present:
                 top = hgt > seg_h - np.where(building, F32(0.35), F32(0.12))
-                mat = mat + top * (building * 2 + (kind == 1) * 3)
+                mat += top * (building * 2 + (kind == 1) * 3)
             if 2 in present:
-                mat = mat + (kind == 2) * (4 + (fmod(zc, 0.15) < 0.1))
+                mat += (kind == 2) * (4 + (fmod(zc, 0.15) < 0.1))
             if 3 in present:
-                mat = mat + (kind == 3) * 6
-            g = _grain(tex, rs.start, rs.stop, cv.W, 31 * len(starts), 17)[:, cs]
-            rgb = np.take(lut, np.broadcast_to(mat, m.shape), axis=1)
-            rgb *= F32(0.94) + F32(0.06) * g
-            cv.put(rs, cs, m, np.broadcast_to(zc, m.shape), rgb, planar=True)
+                mat += (kind == 3) * 6
+            g = np.ascontiguousarray(
+                _grain(tex, rs.start, rs.stop, cv.W, 31 * len(starts), 17)[:, cs]).reshape(-1)
+            rgb = np.take(lut, mat, axis=1)
+            rgb *= F32(0.94) + F32(0.06) * np.take(g, local)
+            cv.paint(pixels, zc, rgb)
 
 
 #: Colours per frontage segment in the lookup table of :func:`frontage`.
