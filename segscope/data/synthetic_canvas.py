@@ -217,7 +217,8 @@ class Canvas:
         """Draw ``colour`` (3, n) at depth ``z`` (n,) on the flat image ``pixels`` of
         :meth:`claim` (the same as :meth:`put` does on a mask)."""
         self.depth.reshape(-1)[pixels] = z
-        self.image.reshape(3, -1)[:, pixels] = colour
+        for plane, values in zip(self.image.reshape(3, -1), colour, strict=True):
+            plane[pixels] = values  # one plane at a time: numpy's fast 1-d scatter
         self.covered.reshape(-1)[pixels] = True
         if self.trace is not None:
             self.trace.reshape(-1)[pixels] |= np.uint32(self.tag)

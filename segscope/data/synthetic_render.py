@@ -288,7 +288,7 @@ def _ground(cv: Canvas, p, tex, g0, x, zb, mpp, inv, gm, all_ground, rngs) -> np
                                               + (x_w < lo) * 911 + ox) & 4095) < p.driveways
                 shade *= np.where(drive, F32(0.8), F32(1.0))
             shade *= at_walk(one_minus)
-            flat_w[wi, 1] = shade
+            flat_w[:, 1][wi] = shade
         else:
             walkf = F32(0.0)
         np.multiply(one_minus * kerbf, gs, out=weights[..., 5])
@@ -306,19 +306,18 @@ def _ground(cv: Canvas, p, tex, g0, x, zb, mpp, inv, gm, all_ground, rngs) -> np
     w_road = at(cov) * rs
     w_road *= F32(1.0) - alpha
     ap = alpha * ps
-    w_paint = np.empty((road.size, 2), F32)
-    np.multiply(ap, ~edge, out=w_paint[:, 0])
-    np.multiply(ap, edge, out=w_paint[:, 1])
-    flat_w[road, 3:5] = w_paint
+    # (scattered one column at a time: numpy's fast path for a 1-d target)
+    flat_w[:, 3][road] = ap * ~edge
+    flat_w[:, 4][road] = ap * edge
     colours = [p.grass_rgb, mat1, p.asphalt_rgb, p.marking_rgb, p.edge_rgb]
     if urban:
         colours.append(p.kerb_rgb)
     # a wet road mirrors the sky, more so far away
     colours.append(p.sky_horizon_rgb)
     if p.wet > 0:
-        flat_w[road, -1] = w_road * (F32(0.45 * p.wet) * (F32(1.0) - F32(0.7) * at(fade)))
+        flat_w[:, -1][road] = w_road * (F32(0.45 * p.wet) * (F32(1.0) - F32(0.7) * at(fade)))
         w_road *= F32(1.0 - 0.35 * p.wet)
-    flat_w[road, 2] = w_road
+    flat_w[:, 2][road] = w_road
     band = (weights @ np.array(colours, F32)).transpose(2, 0, 1)
     if all_ground and not covered.any():
         cv.image[:, g0:] = band
