@@ -330,11 +330,12 @@ def camera_effects(cv: Canvas, p) -> None:
         n = max(2, int(round(p.motion * cv.H / 360.0)))
         pad = np.concatenate([np.repeat(img[:, :, :1], n // 2, 2), img,
                               np.repeat(img[:, :, -1:], n - n // 2, 2)], 2)
-        c = np.cumsum(pad, axis=2, dtype=F32)
-        c = np.concatenate([np.zeros_like(c[:, :, :1]), c], 2)
+        c = np.empty(pad.shape[:2] + (pad.shape[2] + 1,), F32)  # running sums from 0
+        c[:, :, 0] = 0
+        np.cumsum(pad, axis=2, dtype=F32, out=c[:, :, 1:])
         img = (c[:, :, n:n + cv.W] - c[:, :, :cv.W]) / F32(n)
     if p.vignette > 0:
-        img = img * (F32(1.0) - F32(p.vignette) * _radius2(cv.H, cv.W))
+        img *= F32(1.0) - F32(p.vignette) * _radius2(cv.H, cv.W)
     cv.image = img.astype(F32, copy=False)
 
 
@@ -371,8 +372,6 @@ def jpeg(image, quality: int):
         buf, format="JPEG", quality=int(quality))
     buf.seek(0)
     decoded = Image.open(buf).convert("RGB")
-    return _BYTE_TO_UNIT[np.stack([np.asarray(plane) for plane in decoded.split()])]
-
-
-#: uint8 -> float32 in [0, 1] (the same products as ``v * F32(1 / 255)``).
-_BYTE_TO_UNIT = np.arange(256, dtype=F32) * F32(1 / 255)
+    out = np.stack([np.asarray(plane) for plane in decoded.split()]).astype(F32)
+    out *= F32(1 / 255)
+    return out

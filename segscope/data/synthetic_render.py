@@ -673,14 +673,14 @@ def _atmosphere(cv: Canvas, p, tex) -> None:
     top += fog_rgb
     if p.blur > 0:
         k = F32(min(p.blur, 2.0) * 0.12)
-        src = img.copy()
+        src = img * k  # each neighbour's share
         img *= F32(1.0) - F32(4.0) * k
         for a, b in ((np.s_[1:], np.s_[:-1]), (np.s_[:-1], np.s_[1:])):
-            img[:, a] += k * src[:, b]
-            img[:, :, a] += k * src[:, :, b]
+            img[:, a] += src[:, b]
+            img[:, :, a] += src[:, :, b]
         for edge in (np.s_[:1], np.s_[-1:]):  # mirror the missing neighbours at the borders
-            img[:, edge] += k * src[:, edge]
-            img[:, :, edge] += k * src[:, :, edge]
+            img[:, edge] += src[:, edge]
+            img[:, :, edge] += src[:, :, edge]
     # rain, contrast, brightness and tint: one affine map per channel
     tint = np.asarray(p.tint, F32)
     rain_gain, rain_bias = 1.0 - 0.35 * p.rain, 0.07 * p.rain
