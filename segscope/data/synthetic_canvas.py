@@ -334,13 +334,18 @@ def _draw_vehicle(cv: Canvas, xc, z0, width, height, length, body, truck,
             top = F32(vt) + t * F32(vtb - vt)
             bot = F32(vb) + t * F32(vbb - vb)
             inside = ((uu - F32(ua)) * (uu - F32(ub)) <= 0) & (vv >= top) & (vv <= bot)
-            hrel = (bot - vv) / np.maximum(bot - top, F32(1e-3))
-            rgb = np.broadcast_to(body * F32(0.72), hrel.shape + (3,)).copy()
-            if not truck:
-                rgb[(hrel > 0.62) & (hrel < 0.92)] = (0.12, 0.13, 0.15)
-            rgb[hrel < 0.16] = (0.05, 0.05, 0.05)
-            zz = np.broadcast_to((F32(z0) + t * F32(length)), inside.shape)
-            cv.put(rs, cs, inside, zz, rgb)
+            zz = F32(z0) + t * F32(length)
+            local, pixels = cv.claim(rs, cs, inside, zz)
+            if local.size:
+                shape = inside.shape
+                bot, top = pick(bot, local, shape), pick(top, local, shape)
+                hrel = (bot - pick(vv, local, shape)) / np.maximum(bot - top, F32(1e-3))
+                rgb = np.empty((3, local.size), F32)
+                rgb[:] = (body * F32(0.72))[:, None]
+                if not truck:
+                    rgb[:, (hrel > 0.62) & (hrel < 0.92)] = _col(0.12, 0.13, 0.15)
+                rgb[:, hrel < 0.16] = _col(0.05, 0.05, 0.05)
+                cv.paint(pixels, pick(zz, local, shape), rgb)
     # rear face
     win = cv.window(ul, ur, vt, vb)
     if win is None:
@@ -349,23 +354,52 @@ def _draw_vehicle(cv: Canvas, xc, z0, width, height, length, body, truck,
     inside = (uu >= ul) & (uu <= ur) & (vv >= vt) & (vv <= vb)
     hrel = (F32(vb) - vv) / F32(max(vb - vt, 1e-3))
     wrel = (uu - F32(ul)) / F32(max(ur - ul, 1e-3))
-    shape = np.broadcast_shapes(hrel.shape, wrel.shape)
-    hrel, wrel = np.broadcast_to(hrel, shape), np.broadcast_to(wrel, shape)
-    rgb = np.broadcast_to(body, shape + (3,)).copy()
     under = hrel < clear / max(vb - vt, 1e-3)
-    if truck:
-        rgb *= (F32(0.9) + F32(0.1) * (fmod(wrel * 6, 1) < 0.5))[..., None]
-        rgb[hrel < 0.12] = 0.1
-        rgb[(hrel > 0.14) & (hrel < 0.2) & ((wrel < 0.12) | (wrel > 0.88))] = (0.8, 0.06, 0.05)
-    else:
-        rgb[(hrel > 0.6) & (hrel < 0.92) & (wrel > 0.1) & (wrel < 0.9)] = (0.10, 0.11, 0.13)
-        lamp = (0.95, 0.93, 0.80) if front else (0.78, 0.06, 0.05)
-        rgb[(hrel > 0.45) & (hrel < 0.58) & ((wrel < 0.17) | (wrel > 0.83))] = lamp
-        rgb[(hrel > 0.3) & (hrel < 0.38) & (wrel > 0.38) & (wrel < 0.62)] = (0.85, 0.85, 0.8)
-        rgb[hrel < 0.3] *= F32(0.55)
+    if not truck:
         # the cabin is narrower than the body
         inside = inside & ~((hrel > 0.6) & (np.abs(wrel - F32(0.5)) > F32(0.5)
                                              - F32(0.25) * (hrel - F32(0.6))))
     tyres = under & ((wrel < 0.2) | (wrel > 0.8))
-    rgb[under] = 0.04
-    cv.put(rs, cs, inside & (~under | tyres), F32(z0), rgb)
+    mask = inside & (~under | tyres)
+    local, pixels = cv.claim(rs, cs, mask, F32(z0))
+    if not local.size:
+        return
+    # colours of the pixels that show only
+    hrel, wrel = pick(hrel, local, mask.shape), pick(wrel, local, mask.shape)
+    rgb = np.empty((3, local.size), F32)
+    rgb[:] = body[:, None]
+    if truck:
+        rgb *= F32(0.9) + F32(0.1) * (fmod(wrel * 6, 1) < 0.5)
+        rgb[:, hrel < 0.12] = F32(0.1)
+        rgb[:, (hrel > 0.14) & (hrel < 0.2) & ((wrel < 0.12) | (wrel > 0.88))] = _col(
+            0.8, 0.06, 0.05)
+    else:
+        rgb[:, (hrel > 0.6) & (hrel < 0.92) & (wrel > 0.1) & (wrel < 0.9)] = _col(
+            0.10, 0.11, 0.13)
+        lamp = _col(0.95, 0.93, 0.80) if front else _col(0.78, 0.06, 0.05)
+        rgb[:, (hrel > 0.45) & (hrel < 0.58) & ((wrel < 0.17) | (wrel > 0.83))] = lamp
+        rgb[:, (hrel > 0.3) & (hrel < 0.38) & (wrel > 0.38) & (wrel < 0.62)] = _col(
+            0.85, 0.85, 0.8)
+        dark = hrel < 0.3
+        rgb[:, dark] *= F32(0.55)
+    rgb[:, hrel < clear / max(vb - vt, 1e-3)] = F32(0.04)
+    cv.paint(pixels, np.full(local.size, z0, F32), rgb)
+
+
+def _col(*rgb: float) -> np.ndarray:
+    """A colour as a (3, 1) float32 column (for channels-first pixel lists)."""
+    return np.array(rgb, F32)[:, None]
+
+
+def pick(a, local, shape) -> np.ndarray:
+    """``a`` (broadcastable to the window ``shape``: (h,w), (h,1), (1,w) or a scalar) at
+    the window's flat pixel indices ``local`` (from :meth:`Canvas.claim`)."""
+    a = np.asarray(a)
+    if a.ndim == 0:
+        return np.full(local.size, a, a.dtype)
+    h, w = shape
+    if a.shape == (h, w):
+        return np.take(np.ascontiguousarray(a).reshape(-1), local)
+    if a.shape[0] == 1:
+        return np.take(a.reshape(-1), local % w)
+    return np.take(a.reshape(-1), local // w)
