@@ -178,8 +178,8 @@ def _pole(cv: Canvas, x, z, height, radius, out, kind, colour, round_) -> None:
     rs, cs, uu, vv = win
     m = (np.abs(uu - F32(u)) <= half) & (vv >= vt) & (vv <= vg)
     shape = np.broadcast_shapes(uu.shape, vv.shape)
-    rgb = np.empty(shape + (3,), F32)
-    rgb[:] = (0.30, 0.31, 0.32) if kind else (0.45, 0.46, 0.47)
+    rgb = np.empty((3,) + shape, F32)  # channels first
+    rgb[:] = _col3((0.30, 0.31, 0.32) if kind else (0.45, 0.46, 0.47))
     if kind == 0:  # lamp: an arm over the road and a head
         arm = max(0.7, 0.08 * s)
         a = (np.minimum(uu, F32(ua)) >= min(u, ua)) & (np.maximum(uu, F32(ua)) <= max(u, ua)) \
@@ -194,19 +194,24 @@ def _pole(cv: Canvas, x, z, height, radius, out, kind, colour, round_) -> None:
         rim = shape_m & (du * du + dv * dv > (0.7 * plate) ** 2) if round_ else np.zeros((), bool)
         body = _SIGN_RGB[colour]
         inner = (0.92, 0.92, 0.90) if round_ and colour == 0 else body
-        np.copyto(rgb, np.broadcast_to(np.asarray(inner, F32), rgb.shape),
-                  where=shape_m[..., None])
-        np.copyto(rgb, np.broadcast_to(body, rgb.shape), where=(shape_m & rim)[..., None])
+        np.copyto(rgb, _col3(inner), where=shape_m)
+        np.copyto(rgb, _col3(body), where=shape_m & rim)
         m = m | shape_m
     else:  # traffic light: a dark box with three lamps
         box = (np.abs(uu - F32(u)) <= 0.18 * s) & (vv >= vt - 0.9 * s) & (vv <= vt)
-        rgb[box] = (0.08, 0.08, 0.08)
+        np.copyto(rgb, _col3((0.08, 0.08, 0.08)), where=box)
         lit = int(colour) % 3
         cy = vt - (0.75 - 0.3 * lit) * s
         lamp = ((uu - F32(u)) ** 2 + (vv - F32(cy)) ** 2) <= (0.1 * s) ** 2
-        rgb[lamp] = ((0.9, 0.1, 0.1), (0.95, 0.7, 0.1), (0.1, 0.85, 0.3))[lit]
+        np.copyto(rgb, _col3(((0.9, 0.1, 0.1), (0.95, 0.7, 0.1), (0.1, 0.85, 0.3))[lit]),
+                  where=lamp)
         m = m | box
-    cv.put(rs, cs, m, F32(z), rgb)
+    cv.put(rs, cs, m, F32(z), rgb, planar=True)
+
+
+def _col3(rgb) -> np.ndarray:
+    """A colour as a (3, 1, 1) float32 array (for channels-first pictures)."""
+    return np.asarray(rgb, F32).reshape(3, 1, 1)
 
 
 def segment_shadow(cv: Canvas, x0, z0, x1, z1, half_width, strength) -> None:
@@ -294,8 +299,8 @@ def _figure(cv: Canvas, x, z, height, cyclist, top, legs, stride) -> None:
     lift = 0.35 if cyclist else 0.0
     hh = (h - F32(lift)) / F32(k)
     shape = np.broadcast_shapes(dx.shape, h.shape)
-    rgb = np.empty(shape + (3,), F32)
-    rgb[:] = legs
+    rgb = np.empty((3,) + shape, F32)  # channels first
+    rgb[:] = _col3(legs)
     spread = 0.1 + 0.06 * stride
     leg = (hh >= -lift / k) & (hh < 0.86) & (
         (np.abs(dx - spread * k) < 0.075 * k) | (np.abs(dx + spread * k) < 0.075 * k))
@@ -303,15 +308,15 @@ def _figure(cv: Canvas, x, z, height, cyclist, top, legs, stride) -> None:
     torso = (hh >= 0.84) & (hh < 1.46) & (np.abs(dx) < torso_w * k)
     arms = (hh >= 0.92) & (hh < 1.42) & (np.abs(dx) >= torso_w * k) & (np.abs(dx) < 0.28 * k)
     head = (dx / F32(0.10 * k)) ** 2 + ((hh - 1.6) / 0.12) ** 2 < 1.0
-    np.copyto(rgb, np.broadcast_to(top, rgb.shape), where=(torso | arms)[..., None])
-    rgb[head] = (0.62, 0.48, 0.40)
-    rgb[head & (hh > 1.64)] = (0.15, 0.11, 0.08)  # hair
+    np.copyto(rgb, _col3(top), where=torso | arms)
+    np.copyto(rgb, _col3((0.62, 0.48, 0.40)), where=head)
+    np.copyto(rgb, _col3((0.15, 0.11, 0.08)), where=head & (hh > 1.64))  # hair
     mask = leg | torso | arms | head
     if cyclist:
         wheel = (np.abs(dx) < max(0.03, 0.5 / s)) & (h >= 0) & (h < 0.68)
-        rgb[wheel] = (0.05, 0.05, 0.05)
+        np.copyto(rgb, _col3((0.05, 0.05, 0.05)), where=wheel)
         mask = mask | wheel
-    cv.put(rs, cs, mask, F32(z), rgb)
+    cv.put(rs, cs, mask, F32(z), rgb, planar=True)
 
 
 # --------------------------------------------------------------------------- camera
