@@ -506,8 +506,7 @@ def _guard_rail(cv: Canvas, x_pos: float) -> None:
         post = fmod(zc, 4.0) < np.maximum(F32(0.15), F32(1.2) * zc / F32(cv.f))
         rail = (hgt > 0.45) & (hgt < 0.8)
         shade = np.where(rail, F32(0.8) + F32(0.25) * ((hgt > 0.6) & (hgt < 0.68)), F32(0.4))
-        rgb = _STEEL * shade[..., None]
-        cv.put(rs, cs, ok & (rail | post), np.broadcast_to(zc, ok.shape), rgb)
+        cv.put(rs, cs, ok & (rail | post), zc, _STEEL[:, None, None] * shade, planar=True)
 
 
 def _barriers(cv: Canvas, p) -> None:
@@ -516,7 +515,7 @@ def _barriers(cv: Canvas, p) -> None:
     if p.median == "concrete":
         for rs, cs, ok, zc, hgt in _fence(cv, x_l, 0.85):
             shade = np.where(hgt < 0.15, F32(0.6), np.where(hgt > 0.75, F32(1.08), F32(0.88)))
-            cv.put(rs, cs, ok, np.broadcast_to(zc, ok.shape), _CONCRETE * shade[..., None])
+            cv.put(rs, cs, ok, zc, _CONCRETE[:, None, None] * shade, planar=True)
     else:
         _guard_rail(cv, x_l)
 
