@@ -9,10 +9,15 @@ row. The road frame: ``x`` metres from the left edge of the carriageway, ``z`` m
 ahead. The road's centreline shifts sideways by ``curvature z^2/2 + yaw z`` and rises by
 ``slope z^2/2``.
 
-Order: sky and skyline; objects (barriers, poles, trees, vehicles) with a depth buffer;
-then the ground (grass, road, markings) composed only where no object covers it, from
-per-pixel material weights and one small matrix product. Labels come from the same
-intervals of ``x`` and ``z`` that shade the picture.
+Order: skyline and objects (barriers, poles, trees, vehicles) with a depth buffer; the
+sky where nothing was drawn; then the ground (grass, road, markings) composed only where
+no object covers it, from per-pixel material weights and one small matrix product.
+Labels come from the same intervals of ``x`` and ``z`` that shade the picture.
+
+Speed: the picture is kept channels first, so every per-channel pass runs over whole
+contiguous planes; an element whose colour needs many operations per pixel computes it
+only on the pixels that will show (:meth:`~.synthetic_canvas.Canvas.claim`); the road's
+shade and paint are computed on the road's visible pixels only.
 """
 
 from __future__ import annotations
@@ -84,7 +89,6 @@ def render(p, height: int, width: int, rngs, trace: bool = False):
     zfull = np.broadcast_to(zb, (H - g0, W))
     cv.depth[g0:] = zfull if all_ground else np.where(gm, zfull, F32(np.inf))
 
-    _sky(cv.tagged("palette"), p, tex, s1)
     _skyline(cv.tagged("buildings", "trees", "palette"), p, tex, rngs("palette"))
     if p.layout == "urban":
         el.frontage(cv.tagged("buildings"), p, tex, rngs("buildings"))
@@ -100,6 +104,7 @@ def render(p, height: int, width: int, rngs, trace: bool = False):
         el.parked_vehicles(cv.tagged("vehicles"), p, rngs("vehicles"))
     _vehicles(cv.tagged("vehicles"), p, rngs("vehicles"))
     el.people(cv.tagged("people"), p, rngs("people"))
+    _sky(cv, p, tex, s1)
     label = np.zeros((H, W), np.uint8)
     if g0 < H:
         label[g0:] = _ground(cv, p, tex, g0, x, zb, mpp, inv, gm, all_ground, rngs)
@@ -415,25 +420,36 @@ def _frontage_shadow(cv: Canvas, p, x, zb):
 
 
 def _sky(cv: Canvas, p, tex, s1: int) -> None:
+    """The sky, on the pixels of the rows above ``s1`` that nothing was drawn on (it is
+    drawn last, behind everything: what the objects cover is never computed)."""
     if s1 <= 0:
         return
+    sky_px = np.flatnonzero(cv.depth[:s1] == np.inf)
+    if not sky_px.size:
+        return
+    rows, cols = np.divmod(sky_px, cv.W)
     vv = cv.vv[:s1]
-    t = np.clip(vv / F32(max(cv.v_end, 1.0)), 0.0, 1.0) ** F32(1.8)
+    if vv.shape[1] == 1:  # one value per row
+        t = np.clip(vv / F32(max(cv.v_end, 1.0)), 0.0, 1.0) ** F32(1.8)
+        t = np.take(t.reshape(-1), rows)
+    else:
+        t = np.clip(np.take(vv.reshape(-1), sky_px) / F32(max(cv.v_end, 1.0)), 0.0,
+                    1.0) ** F32(1.8)
     top = np.asarray(p.sky_top_rgb, F32)
     hor = np.asarray(p.sky_horizon_rgb, F32)
-    sky = top[:, None, None] + (hor - top)[:, None, None] * t
-    sky = np.broadcast_to(sky, (3, s1, cv.W))
+    sky = top[:, None] + (hor - top)[:, None] * t
     if p.clouds > 0:
         ox, oy = p.texture_offset
         k = 300.0 / cv.H
-        rows = (np.arange(s1) * k * 1.6 + oy).astype(np.int64) & (TILE - 1)
-        cols = (np.arange(cv.W) * k * 0.6 + ox).astype(np.int64) & (TILE - 1)
-        c = _lookup(tex["clouds"], rows[:, None], cols[None, :])
+        tile_rows = (np.arange(s1) * k * 1.6 + oy).astype(np.int64) & (TILE - 1)
+        tile_cols = (np.arange(cv.W) * k * 0.6 + ox).astype(np.int64) & (TILE - 1)
+        c = _lookup(tex["clouds"], np.take(tile_rows, rows), np.take(tile_cols, cols))
         amount = np.clip(c * F32(0.55) - F32(1.25) + F32(1.6 * p.clouds), 0.0, 1.0)
         amount *= F32(1.0) - F32(0.6) * t
         cloud_rgb = F32(0.97) - F32(0.12) * np.clip(c - 1.0, 0, 1)
         sky = sky + amount * (cloud_rgb - sky)
-    cv.image[:, :s1] = sky
+    for plane, values in zip(cv.image.reshape(3, -1), sky, strict=True):
+        plane[sky_px] = values
 
 
 def _skyline(cv: Canvas, p, tex, rng) -> None:
