@@ -421,23 +421,31 @@ def _frontage_shadow(cv: Canvas, p, x, zb):
 
 def _sky(cv: Canvas, p, tex, s1: int) -> None:
     """The sky, on the pixels of the rows above ``s1`` that nothing was drawn on (it is
-    drawn last, behind everything: what the objects cover is never computed)."""
+    drawn last, behind everything; where objects cover most of it, only the pixels that
+    show are computed)."""
     if s1 <= 0:
         return
-    sky_px = np.flatnonzero(cv.depth[:s1] == np.inf)
+    empty = cv.depth[:s1] == np.inf
+    sky_px = np.flatnonzero(empty)
     if not sky_px.size:
         return
-    rows, cols = np.divmod(sky_px, cv.W)
-    vv = cv.vv[:s1]
-    if vv.shape[1] == 1:  # one value per row
-        t = np.clip(vv / F32(max(cv.v_end, 1.0)), 0.0, 1.0) ** F32(1.8)
-        t = np.take(t.reshape(-1), rows)
+    dense = sky_px.size > 0.6 * empty.size
+    if dense:  # every pixel of the rows (cheaper than gathering most of them)
+        rows, cols = np.arange(s1)[:, None], np.arange(cv.W)[None, :]
+        t = np.clip(cv.vv[:s1] / F32(max(cv.v_end, 1.0)), 0.0, 1.0) ** F32(1.8)
     else:
-        t = np.clip(np.take(vv.reshape(-1), sky_px) / F32(max(cv.v_end, 1.0)), 0.0,
-                    1.0) ** F32(1.8)
+        rows, cols = np.divmod(sky_px, cv.W)
+        vv = cv.vv[:s1]
+        if vv.shape[1] == 1:  # one value per row
+            t = np.clip(vv / F32(max(cv.v_end, 1.0)), 0.0, 1.0) ** F32(1.8)
+            t = np.take(t.reshape(-1), rows)
+        else:
+            t = np.clip(np.take(vv.reshape(-1), sky_px) / F32(max(cv.v_end, 1.0)), 0.0,
+                        1.0) ** F32(1.8)
     top = np.asarray(p.sky_top_rgb, F32)
     hor = np.asarray(p.sky_horizon_rgb, F32)
-    sky = top[:, None] + (hor - top)[:, None] * t
+    ends = (slice(None),) + (None,) * t.ndim  # (3,) -> (3, 1[, 1])
+    sky = top[ends] + (hor - top)[ends] * t
     if p.clouds > 0:
         ox, oy = p.texture_offset
         k = 300.0 / cv.H
@@ -448,6 +456,9 @@ def _sky(cv: Canvas, p, tex, s1: int) -> None:
         amount *= F32(1.0) - F32(0.6) * t
         cloud_rgb = F32(0.97) - F32(0.12) * np.clip(c - 1.0, 0, 1)
         sky = sky + amount * (cloud_rgb - sky)
+    if dense:
+        np.copyto(cv.image[:, :s1], sky, where=empty)
+        return
     for plane, values in zip(cv.image.reshape(3, -1), sky, strict=True):
         plane[sky_px] = values
 
