@@ -189,14 +189,17 @@ def _ground(cv: Canvas, p, tex, g0, x, zb, mpp, inv, gm, all_ground, rngs) -> np
     paint *= invr
     paint += F32(0.5)
     np.clip(paint, 0.0, 1.0, out=paint)
-    s = zr + F32(p.dash_phase)
+    # dashes: per row when the distance is (no roll), else per road pixel
+    s = (zb if zb.shape[-1] == 1 else zr) + F32(p.dash_phase)
     if p.lane_style == "dashed":
         period = p.dash_length + p.dash_gap
         on = fmod(s, period) < F32(p.dash_length)
-        paint *= edge | on
+        paint *= edge | (at(on) if zb.shape[-1] == 1 else on)
         dash_id = np.floor(s / F32(period)).astype(np.int32)
     else:
         dash_id = np.floor(s / F32(6.0)).astype(np.int32)
+    if zb.shape[-1] == 1:
+        dash_id = at(dash_id)
     if p.lane_style == "none":
         paint *= edge
     if p.edge_style == "none":
