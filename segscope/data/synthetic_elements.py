@@ -349,12 +349,22 @@ def distort(image, label, trace, k: float):
     that image and label move together; the corners stay inside the frame."""
     H, W = label.shape
     r2 = _radius2(H, W)
-    scale = (F32(1.0) + F32(k) * r2) / F32(1.0 + max(k, 0.0))
+    scale = F32(k) * r2
+    scale += F32(1.0)
+    scale /= F32(1.0 + max(k, 0.0))
     v = (np.arange(H, dtype=F32) + F32(0.5 - H / 2))[:, None]
     u = (np.arange(W, dtype=F32) + F32(0.5 - W / 2))[None, :]
-    rows = np.clip(np.rint(v * scale + F32(H / 2 - 0.5)), 0, H - 1).astype(np.int32)
-    cols = np.clip(np.rint(u * scale + F32(W / 2 - 0.5)), 0, W - 1).astype(np.int32)
-    flat = rows * W + cols
+
+    def source(pos, centre, n):  # nearest source index along one axis, in place
+        pos = pos * scale
+        pos += F32(centre)
+        np.rint(pos, out=pos)
+        np.clip(pos, 0, n - 1, out=pos)
+        return pos.astype(np.int32)
+
+    flat = source(v, H / 2 - 0.5, H)
+    flat *= W
+    flat += source(u, W / 2 - 0.5, W)
     image = np.stack([np.take(plane, flat) for plane in image.reshape(3, -1)])
     label = label.ravel()[flat]
     if trace is not None:
