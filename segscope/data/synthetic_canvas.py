@@ -227,7 +227,8 @@ class Canvas:
         """Shade the ground under ``mask`` (contact shadows)."""
         if self.shadow is None:
             self.shadow = np.ones((self.H, self.W), F32)
-        self.shadow[rs, cs][mask] *= F32(factor)
+        under = self.shadow[rs, cs]
+        np.multiply(under, F32(factor), out=under, where=mask)
         if self.trace is not None:
             self.trace[rs, cs] |= np.where(mask, self.tag, 0).astype(np.uint32)
 
