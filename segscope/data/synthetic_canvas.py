@@ -268,7 +268,10 @@ def _fence(cv: Canvas, x_pos: float, height: float):
         # cut into column chunks with tight row ranges (the strip is a thin diagonal)
         n_chunks = int(np.clip((up[-1] - up[0]) // 24, 1, 12))
         edges = np.linspace(up[0], up[-1], n_chunks + 1)
+        v_lo, v_hi = float(vt.min()), float(vg.max())
         for a, b in zip(edges[:-1], edges[1:], strict=True):
+            if cv.window(a, b, v_lo, v_hi) is None:
+                continue  # off the image even with the whole strip's rows (cheap test)
             sel = (up >= a - 1) & (up <= b + 1)
             lo = np.searchsorted(up, a, side="right") - 1
             hi = np.searchsorted(up, b, side="left") + 1
