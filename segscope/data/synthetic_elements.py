@@ -386,7 +386,9 @@ def jpeg(image, quality: int):
     Image.merge("RGB", [Image.fromarray(plane) for plane in rgb]).save(
         buf, format="JPEG", quality=int(quality))
     buf.seek(0)
-    decoded = Image.open(buf).convert("RGB")
+    decoded = Image.open(buf)
+    if decoded.mode != "RGB":
+        decoded = decoded.convert("RGB")
     out = np.stack([np.asarray(plane) for plane in decoded.split()]).astype(F32)
     out *= F32(1 / 255)
     return out

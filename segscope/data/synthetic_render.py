@@ -698,7 +698,7 @@ def _atmosphere(cv: Canvas, p, tex) -> None:
     fog_rgb = fog_rgb[:, None, None]
     top = img[:, :r_cut]
     top -= fog_rgb
-    top *= F32(1.0) - haze
+    top *= np.subtract(F32(1.0), haze, out=haze)
     top += fog_rgb
     if p.blur > 0:
         k = F32(min(p.blur, 2.0) * 0.12)
