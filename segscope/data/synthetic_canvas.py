@@ -206,12 +206,12 @@ class Canvas:
         that shades only those (then :meth:`paint` them)."""
         local = np.flatnonzero(mask & (z < self.depth[rs, cs]))
         w = cs.stop - cs.start
-        rows, cols = np.divmod(local, w)
-        rows += rs.start
-        rows *= self.W
-        rows += cols
-        rows += cs.start
-        return local, rows
+        # window row r, column c (local = r*w + c) is image pixel (r0+r)*W + c0+c
+        pixels = local // w
+        pixels *= self.W - w
+        pixels += local
+        pixels += rs.start * self.W + cs.start
+        return local, pixels
 
     def paint(self, pixels, z, colour) -> None:
         """Draw ``colour`` (3, n) at depth ``z`` (n,) on the flat image ``pixels`` of
