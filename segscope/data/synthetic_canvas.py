@@ -403,7 +403,7 @@ def pick(a, local, shape) -> np.ndarray:
         return np.full(local.size, a, a.dtype)
     h, w = shape
     if a.shape == (h, w):
-        return np.take(np.ascontiguousarray(a).reshape(-1), local)
+        return np.take(np.ascontiguousarray(a).reshape(-1), local, mode="wrap")
     if a.shape[0] == 1:
         return np.take(a.reshape(-1), local % w)
     return np.take(a.reshape(-1), local // w)

@@ -365,7 +365,7 @@ def distort(image, label, trace, k: float):
     flat = source(v, H / 2 - 0.5, H)
     flat *= W
     flat += source(u, W / 2 - 0.5, W)
-    image = np.stack([np.take(plane, flat) for plane in image.reshape(3, -1)])
+    image = np.stack([np.take(plane, flat, mode="wrap") for plane in image.reshape(3, -1)])
     label = label.ravel()[flat]
     if trace is not None:
         trace = trace.ravel()[flat]

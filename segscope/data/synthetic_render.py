@@ -164,7 +164,7 @@ def _ground(cv: Canvas, p, tex, g0, x, zb, mpp, inv, gm, all_ground, rngs) -> np
     def at(a):
         """``a`` (band rows, full width or one column) at the road's pixels."""
         a = np.ascontiguousarray(a)
-        return np.take(a.reshape(-1), road if a.shape[-1] == W else road_rows)
+        return np.take(a.reshape(-1), road if a.shape[-1] == W else road_rows, mode="wrap")
 
     xr, zr, mppr, invr = at(x), at(zb), at(mpp), at(inv)
 
@@ -370,12 +370,12 @@ def _surface_variety(cv: Canvas, p, tex, x, zb, rs, rng):
         cell *= 53
         cell += np.floor(zb / F32(4.0)).astype(np.int32) * 7
         cell += ox
-        pick = np.take(hsh, cell & 4095)
+        pick = np.take(hsh, cell & 4095, mode="wrap")
         patch = pick < F32(0.25 * p.patches)
         cell *= 3
         cell += 1
         cell &= 4095
-        tone = F32(0.82) + F32(0.36) * np.take(hsh, cell)
+        tone = F32(0.82) + F32(0.36) * np.take(hsh, cell, mode="wrap")
         rs *= np.where(patch, tone, F32(1.0))
     if p.cracks > 0:
         c = _lookup(tex["ground"], (zb * F32(11.0)).astype(np.int32) & (TILE - 1),
@@ -397,8 +397,10 @@ def _surface_variety(cv: Canvas, p, tex, x, zb, rs, rng):
 
 def _lookup(tile: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     """``tile[rows, cols]`` for a (TILE,TILE) texture and in-range int32 indices, as one
-    flat gather (several times faster than numpy's two-array fancy indexing)."""
-    return np.take(tile.reshape(-1), (rows << TILE.bit_length() - 1) | cols)
+    flat gather (several times faster than numpy's two-array fancy indexing). Here and
+    wherever the indices are in range by construction, ``take(mode="wrap")`` spares
+    numpy's per-index bounds check."""
+    return np.take(tile.reshape(-1), (rows << TILE.bit_length() - 1) | cols, mode="wrap")
 
 
 def _frontage_shadow(cv: Canvas, p, x, zb):
@@ -726,4 +728,4 @@ def _atmosphere(cv: Canvas, p, tex) -> None:
         lut = (np.linspace(0.0, 1.0, 1024, dtype=np.float64) ** p.gamma).astype(F32)
         img *= F32(1023.0)
         img += F32(0.5)
-        cv.image = np.take(lut, img.astype(np.int32))
+        cv.image = np.take(lut, img.astype(np.int32), mode="wrap")  # indices in range
