@@ -266,7 +266,7 @@ def _fence(cv: Canvas, x_pos: float, height: float):
         vg = cv.ground_row(zp)
         vt = vg - cv.f * height / zp
         # cut into column chunks with tight row ranges (the strip is a thin diagonal)
-        n_chunks = int(np.clip((up[-1] - up[0]) // 48, 1, 12))
+        n_chunks = int(np.clip((up[-1] - up[0]) // 24, 1, 12))
         edges = np.linspace(up[0], up[-1], n_chunks + 1)
         v_lo, v_hi = float(vt.min()), float(vg.max())
         for a, b in zip(edges[:-1], edges[1:], strict=True):
