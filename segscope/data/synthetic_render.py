@@ -40,6 +40,7 @@ from .synthetic_canvas import (
     _grain,
     _ground_shadow,
     fmod,
+    pick,
     textures,
 )
 
@@ -627,16 +628,26 @@ def _trees(cv: Canvas, p, tex, rng) -> None:
                 crown |= (du - jx) ** 2 + ((dv - jy) * 1.15) ** 2 < 0.55
         trunk = (np.abs(du) < max(0.5 / r, 0.08)) & (vv > vc) & (vv <= vg)
         g = _grain(tex, rs.start, rs.stop, cv.W, ox + 13 * i, oy + 7 * i)[:, cs]
-        if bare[i] and not conifer[i]:
-            # leafless: a sparse tangle of twigs through which the background shows
+        leafless = bare[i] and not conifer[i]
+        if leafless:
+            # a sparse tangle of twigs through which the background shows
             crown = crown & (g > F32(0.55))
-            rgb = branch[:, None, None] * (F32(0.8) + F32(0.2) * g)
-            rgb = np.where(crown, rgb, _BARK_BARE)
-        else:
-            lit = np.clip(F32(1.0) - F32(0.35) * (du + dv), F32(0.55), F32(1.4))
-            rgb = tr[:, None, None] * (lit * (F32(0.9) + F32(0.12) * g))
-            rgb = np.where(crown, rgb, _BARK)
-        cv.put(rs, cs, crown | trunk, F32(z), rgb, planar=True)
+        mask = crown | trunk
+        # colours of the pixels that show only
+        local, pixels = cv.claim(rs, cs, mask, F32(z))
+        if local.size:
+            shape = mask.shape
+            g, crown = pick(g, local, shape), pick(crown, local, shape)
+            if leafless:
+                rgb = np.where(crown, branch[:, None] * (F32(0.8) + F32(0.2) * g),
+                               _BARK_BARE[:, :, 0])
+            else:
+                lit = np.clip(F32(1.0) - F32(0.35) * (pick(du, local, shape)
+                                                      + pick(dv, local, shape)),
+                              F32(0.55), F32(1.4))
+                rgb = np.where(crown, tr[:, None] * (lit * (F32(0.9) + F32(0.12) * g)),
+                               _BARK[:, :, 0])
+            cv.paint(pixels, np.full(local.size, z, F32), rgb)
         if p.shadow > 0:
             h = trunk_h[i] + radius[i] * (2.6 if conifer[i] else 1.0)
             cv.tagged("trees", "shadows")
