@@ -178,16 +178,18 @@ def _pole(cv: Canvas, x, z, height, radius, out, kind, colour, round_) -> None:
     rs, cs, uu, vv = win
     m = (np.abs(uu - F32(u)) <= half) & (vv >= vt) & (vv <= vg)
     shape = np.broadcast_shapes(uu.shape, vv.shape)
-    rgb = np.empty((3,) + shape, F32)  # channels first
-    rgb[:] = _col3((0.30, 0.31, 0.32) if kind else (0.45, 0.46, 0.47))
-    if kind == 0:  # lamp: an arm over the road and a head
+    if kind == 0:  # lamp: an arm over the road and a head, all one colour
         arm = max(0.7, 0.08 * s)
         a = (np.minimum(uu, F32(ua)) >= min(u, ua)) & (np.maximum(uu, F32(ua)) <= max(u, ua)) \
             & (np.abs(vv - F32(vt)) <= arm)
         head = (np.abs(uu - F32(ua)) <= max(1.0, 0.25 * s)) & (vv >= vt) & (
             vv <= vt + max(1.0, 0.15 * s))
         m = m | a | head
-    elif kind == 1:  # sign: a disc or a plate on top
+        cv.put(rs, cs, m, F32(z), np.array([0.45, 0.46, 0.47], F32))
+        return
+    rgb = np.empty((3,) + shape, F32)  # channels first
+    rgb[:] = _col3((0.30, 0.31, 0.32))
+    if kind == 1:  # sign: a disc or a plate on top
         du, dv = uu - F32(u), vv - F32(vt - plate)
         shape_m = (du * du + dv * dv <= plate * plate) if round_ else (
             (np.abs(du) <= plate) & (np.abs(dv) <= 0.75 * plate))
