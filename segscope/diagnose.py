@@ -187,9 +187,10 @@ def training_sizes(meta: Any, real: str | os.PathLike, split: str | None = None,
                    kind: str = "auto", id_map: Any = None
                    ) -> tuple[tuple[int, int] | None, tuple[int, int] | None]:
     """(synthetic size, real size) that show the model images at the scale it was
-    trained on: synthetic scenes at the training size, real images at the training width
-    with the first real image's aspect ratio (as the demo scores them). (None, None) when
-    the checkpoint metadata ``meta`` does not say how it was trained."""
+    trained on: real images at the training width with the first real image's aspect
+    ratio (as the demo scores them), and synthetic scenes rendered at that same size, so
+    that no fingerprint distance comes from a difference in image shape. (None, None)
+    when the checkpoint metadata ``meta`` does not say how it was trained."""
     from .checkpoint import at_training_scale, training_size
 
     trained = training_size(meta)
@@ -198,8 +199,8 @@ def training_sizes(meta: Any, real: str | os.PathLike, split: str | None = None,
     probe = open_real(real, split=split, kind=kind, id_map=id_map, limit=1)
     if len(probe) == 0:
         return trained, trained
-    first = probe.dataset[0][0]
-    return trained, at_training_scale(tuple(first.shape[-2:]), trained)
+    scaled = at_training_scale(tuple(probe.dataset[0][0].shape[-2:]), trained)
+    return scaled, scaled
 
 
 def _collate(batch):

@@ -196,9 +196,9 @@ def render_report(summary: dict[str, Any], folder: Path) -> str:
             f"The failure score is 1 − the IoU predicted from the fingerprint by ridge "
             f"regressions fitted on {fm['n_images']} labelled synthetic images "
             f"({', '.join(s for s in summary['settings'].get('calibration', []))}); no real "
-            f"label was used. Share of its weight on the per-layer relevance distances: "
-            f"{imp['relevance']:.0%}; on the confidence and other signals: "
-            + ", ".join(f"{k} {v:.0%}" for k, v in imp.items() if k != "relevance") + ".")
+            f"label was used. Share of its weight on the relevance fingerprint's distance "
+            f"(fv_knn): {imp['fv_knn']:.0%}; on the other signals: "
+            + ", ".join(f"{k} {v:.0%}" for k, v in imp.items() if k != "fv_knn") + ".")
         if fm.get("held_out"):
             model_table = RenderedTable(
                 ["calibration set left out", "Spearman of the prediction with its IoU"],

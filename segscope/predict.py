@@ -196,6 +196,21 @@ def overlay(image: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray,
     return (np.clip(out, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
+def _predict_at_scale(model: nn.Module, image: torch.Tensor, device: torch.device,
+                      trained_size: tuple[int, int] | None) -> np.ndarray:
+    """(H, W) class ids of ``image``, predicted at the training scale when given."""
+    from .checkpoint import at_training_scale
+    from .data.real import resize_image
+
+    work = at_training_scale(tuple(image.shape[-2:]), trained_size)
+    if work is None or work == tuple(image.shape[-2:]):
+        return predict_labels(model, image[None], device=device)[0].cpu().numpy()
+    scores = predict_scores(model, resize_image(image, work)[None], device=device)
+    scores = torch.nn.functional.interpolate(scores, size=tuple(image.shape[-2:]),
+                                             mode="bilinear", align_corners=False)
+    return scores.argmax(1)[0].cpu().numpy()
+
+
 def predict_files(
     model: nn.Module,
     inputs: Sequence[str | os.PathLike],
@@ -204,9 +219,15 @@ def predict_files(
     size: tuple[int, int] | None = None,
     alpha: float = 0.5,
     quiet: bool = False,
+    trained_size: tuple[int, int] | None = None,
 ) -> list[dict]:
     """Predict every input image and write ``<stem>_pred.png`` (colours),
     ``<stem>_overlay.png`` and ``<stem>_labels.png`` (raw class ids) into ``out``.
+
+    ``size`` resizes the images first. Without it and with ``trained_size`` (the (H, W)
+    the model was trained on), each image is shown to the model at the training width
+    (:func:`~segscope.checkpoint.at_training_scale`) and the class scores are resized
+    back (bilinear) to the image's own size before the argmax.
 
     Returns one record per image: input, outputs and the predicted pixel share per class.
     """
@@ -223,7 +244,8 @@ def predict_files(
     records, used = [], set()
     for path in tqdm(files, desc="predict", disable=quiet, unit="img"):
         image = load_image(path, size)
-        labels = predict_labels(model, image[None], device=device)[0].cpu().numpy()
+        labels = _predict_at_scale(model, image, device,
+                                   None if size is not None else trained_size)
         stem = path.stem
         n = 1
         while stem in used:  # same file name in two input folders

@@ -336,6 +336,32 @@ def test_predict_cli(tiny_segnet, tmp_path, capsys):
         assert len(err) == 1 and err[0].startswith("segscope: error:")
 
 
+def test_predict_at_the_training_scale(tiny_segnet, tmp_path):
+    """A model trained on 32x48 images sees a 64x96 image at 32x48; the mask is the
+    bilinearly upsampled class scores' argmax, at 64x96."""
+    import torch.nn.functional as F
+
+    from segscope.data.real import resize_image
+    from segscope.predict import load_image, predict_files
+
+    data = camvid_folder(tmp_path / "camvid", n=1, size=(64, 96))
+    path = data / "val" / "s0.png"
+    predict_files(tiny_segnet, [path], tmp_path / "pred", trained_size=(32, 48), quiet=True)
+    image = load_image(path)
+    with torch.no_grad():
+        scores = tiny_segnet(resize_image(image, (32, 48))[None])
+    expected = F.interpolate(scores, size=(64, 96), mode="bilinear",
+                             align_corners=False)[0].argmax(0).numpy()
+    labels = np.asarray(Image.open(tmp_path / "pred" / "s0_labels.png"))
+    assert labels.shape == (64, 96) and np.array_equal(labels, expected)
+    # an explicit size wins: the image is resized and predicted as it is
+    predict_files(tiny_segnet, [path], tmp_path / "p2", size=(64, 96), trained_size=(32, 48),
+                  quiet=True)
+    with torch.no_grad():
+        plain = tiny_segnet(image[None])[0].argmax(0).numpy()
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "p2" / "s0_labels.png")), plain)
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(os.environ.get("SEGSCOPE_SKIP_DDP") == "1", reason="SEGSCOPE_SKIP_DDP=1")
 def test_ddp_two_processes_with_gloo(tmp_path):

@@ -39,8 +39,8 @@ from ._options import dataset_kind_options, device_option, parse_size
                    "'conv1_1=zbox, default=alpha1beta0'.")
 @click.option("--size", default=None,
               help="Resize every image to HxW (default: the scale the model was trained on: "
-                   "synthetic scenes at its training size, real images at its training "
-                   "width with their own aspect ratio; else each image's own size).")
+                   "real images at its training width with their own aspect ratio, synthetic "
+                   "scenes at the same size; else each image's own size).")
 @click.option("--limit", type=click.IntRange(min=1), default=None,
               help="Use only the first N real images.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True,

@@ -14,7 +14,9 @@ from ._options import MAX_SIDE, device_option, overwrite_option, parse_size
 @click.option("--out", required=True, type=click.Path(),
               help="Output folder: new or empty, or an earlier predict run with --overwrite.")
 @overwrite_option
-@click.option("--size", default=None, help="Resize inputs to HxW first.")
+@click.option("--size", default=None,
+              help="Resize inputs to HxW first (default: each image is shown to the model "
+                   "at the scale it was trained on and the masks keep the image's size).")
 @click.option("--alpha", type=float, default=0.5, show_default=True,
               help="Opacity of the colours in the overlay.")
 @device_option
@@ -30,7 +32,7 @@ def predict(checkpoint, inputs, out, overwrite, size, alpha, device, quiet) -> N
     """
     import sys
 
-    from ..checkpoint import load_model
+    from ..checkpoint import load_model, training_size
     from ..errors import SegscopeError
     from ..outdir import claim_output
     from ..predict import find_images, predict_files
@@ -41,12 +43,12 @@ def predict(checkpoint, inputs, out, overwrite, size, alpha, device, quiet) -> N
     shape = parse_size(size, MAX_SIDE) if size else None
     files = find_images(inputs)  # bad inputs fail before the model is read
     dev = resolve_device(device)
-    model, _ = load_model(checkpoint, map_location=dev)
+    model, meta = load_model(checkpoint, map_location=dev)
     claim_output(out, "predict", overwrite=overwrite, can_resume=False,
                  inputs=[*files, checkpoint],
                  settings={"checkpoint": str(checkpoint), "inputs": [str(i) for i in inputs]})
     records = predict_files(model, inputs, out, device=dev,
-                            size=shape, alpha=alpha,
+                            size=shape, alpha=alpha, trained_size=training_size(meta),
                             quiet=quiet or not sys.stderr.isatty())
     if not quiet:
         click.echo(f"{len(records)} image(s) -> {out}")
