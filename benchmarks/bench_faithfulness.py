@@ -16,11 +16,15 @@ a user writes for a segmentation model — a module returning the concept's scor
 over its pixels as a one-logit output, one per image because every image has its own
 concept — called the two ways a user would: once per method (Quantus's usual call, one
 ``a_batch`` per explanation method; batches of one image), and once per image with all
-its maps as one batch (the fastest call the wrapper allows). segscope runs all steps of
-all maps of an image as large batches. Prints the median times over ``--repeats``
-interleaved rounds, the ratios (target ≥ 10x) and the largest AOPC difference (target
-≤ 1e-4). Quantus's per-step differences f(x) − f(x⁽ᵏ⁾), k = 1..L, are summed and divided
-by L+1 to give Samek et al.'s AOPC, which counts the k = 0 point.
+its maps as one batch (the fastest call the wrapper allows). segscope scores all steps of
+all maps of an image in large batches, each step as the previous one plus its new patch
+(only the encoder tiles around it are recomputed, the decoder runs on the concept's
+rows and columns); the row "segscope, every image whole" runs each perturbed image
+through the whole (batch-norm-folded) network instead, to show what the incremental
+scoring adds. Prints the median times over ``--repeats`` interleaved rounds, the ratios
+(target ≥ 10x) and the largest AOPC difference (target ≤ 1e-4). Quantus's per-step
+differences f(x) − f(x⁽ᵏ⁾), k = 1..L, are summed and divided by L+1 to give Samek et
+al.'s AOPC, which counts the k = 0 point.
 
 The maps are rounded to multiples of 2⁻¹⁶ of their largest magnitude first: Quantus sums
 a patch's relevance in float32, segscope in float64, and two patches whose sums differ by
@@ -31,6 +35,7 @@ moves the AOPC by ~1e-3). On the rounded maps both sums are exact.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -41,7 +46,7 @@ from torch import nn
 import segscope
 from segscope.explain import Concept
 from segscope.faithfulness import explain_map
-from segscope.perturbation import perturbation_curves
+from segscope.perturbation import ConceptScorer, concept_weights, perturbation_curves
 
 
 class ConceptLogit(nn.Module):
@@ -94,13 +99,19 @@ def quantus_aopc(quantus, model, images, masks, classes, maps, patch: int, regio
 
 
 def segscope_aopc(model, images, concepts, maps, patch: int, regions: int,
-                  scores: list | None = None) -> list[list[float]]:
+                  scores: list | None = None, whole: bool = False) -> list[list[float]]:
+    """segscope's AOPC of each map; ``whole``: every perturbed image through the whole
+    network (no incremental scoring)."""
     out = []
     for image, concept, image_maps in zip(images, concepts, maps, strict=True):
         named = {str(i): m for i, m in enumerate(image_maps)}
+        scorer = None
+        if whole:
+            weights, soft, _ = concept_weights(model, image, concept)
+            scorer = ConceptScorer(model, weights, soft, incremental=False)
         curves = perturbation_curves(model, image, concept, named, patch=patch, steps=regions,
                                      regions=regions, baseline="colour:0,0,0",
-                                     curves=("morf",))
+                                     curves=("morf",), scorer=scorer)
         out.append([curves[k].summary()["aopc_morf_raw"] for k in named])
         if scores is not None:
             scores.append(curves["0"].score)
@@ -153,6 +164,8 @@ def main() -> None:
     fns = {
         "segscope": lambda: segscope_aopc(model, images, concepts, maps, args.patch,
                                           args.regions),
+        "segscope, every image whole": lambda: segscope_aopc(
+            model, images, concepts, maps, args.patch, args.regions, whole=True),
         "quantus, one call per method": lambda: quantus_aopc(
             quantus, model, images, masks, roads, maps, args.patch, args.regions, True),
         "quantus, maps of an image batched": lambda: quantus_aopc(
@@ -173,6 +186,7 @@ def main() -> None:
     f0: list[float] = []
     segscope_aopc(model, images, concepts, maps, args.patch, args.regions, f0)
     scale = np.repeat(np.abs(f0), [len(m) for m in maps])
+    print(f"load average {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
     print(f"{'':36} {'median s':>9} {'segscope faster':>16} {'AOPC diff':>10} "
           f"{'/ |f(x)|':>10}")
     for k, t in med.items():

@@ -18,8 +18,12 @@ Summaries (Samek et al. 2017, eq 12): with L+1 curve points x⁽⁰⁾..x⁽ᴸ�
 areas under the curves over the perturbed share 0..1.
 
 Speed: every perturbed image of one image — all steps of all curves of all maps — is
-run through the model in a few large batches (:class:`ConceptScorer`), chunked to a
-memory budget, in channels-last layout, without autograd.
+scored in a few large batches (:class:`ConceptScorer`), chunked to a memory budget, in
+channels-last layout, with batch normalisation folded into the convolutions, without
+autograd. A perturbed image identical to one already scored (the unperturbed image, the
+all-baseline image, a step two maps share) is scored once. Each step is scored as its
+curve's previous step plus the newly replaced patches: on a SegNet only the encoder tiles
+around these patches are recomputed (:mod:`segscope.incremental`).
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from torch import nn
 
 from .errors import SegscopeError
 from .explain.concepts import Concept
+from .incremental import IncrementalSegNet, fold_batchnorm
 
 #: Baselines the perturbed pixels are replaced with (``colour:R,G,B`` and ``blur:SIGMA``
 #: take a value).
@@ -106,7 +111,8 @@ class ConceptScorer:
     Parameters
     ----------
     model
-        The model; a channels-last copy is used so that the caller's model is untouched.
+        The model; a channels-last copy with batch normalisation folded into the
+        convolutions is used, so that the caller's model is untouched.
     weights
         (K,H,W) concept weights (:func:`concept_weights`).
     softmax
@@ -114,22 +120,49 @@ class ConceptScorer:
     budget
         Bytes for one chunk of images (default: half the free CUDA memory, or
         :data:`DEFAULT_BUDGET` on the CPU).
+    incremental
+        Score sequences of a :class:`~segscope.models.SegNet` incrementally
+        (:meth:`sequence`); ``False`` runs every image whole.
     """
 
     def __init__(self, model: nn.Module, weights: torch.Tensor, softmax: bool = False,
-                 budget: int | None = None) -> None:
+                 budget: int | None = None, incremental: bool = True) -> None:
         self.device = next(model.parameters()).device
-        self.model = copy.deepcopy(model).eval().to(memory_format=torch.channels_last)
         self.weights = weights.to(self.device, torch.float64)
         self.softmax = softmax
         self.forwards = 0  # images run, for tests and benchmarks
-        self._per_image = _activation_bytes(self.model, tuple(weights.shape[-2:]), self.device)
         if budget is None:
             budget = DEFAULT_BUDGET
             if self.device.type == "cuda":
                 free, _ = torch.cuda.mem_get_info(self.device)
                 budget = free // 2
-        self.chunk = int(max(1, min(512, budget // max(self._per_image, 1))))
+        self.budget = int(budget)
+        self.engine = None
+        if incremental and IncrementalSegNet.supports(model):
+            self.engine = IncrementalSegNet(model, weights, softmax, self.budget)
+        # The whole-image path (a copy of the model, its chunk size) is set up when first
+        # used: scoring sequences of a SegNet never needs it. The copy is taken now, so
+        # that later changes to the caller's model do not reach it.
+        self._source = copy.deepcopy(model)
+        self._model: nn.Module | None = None
+        self._chunk: int | None = None
+
+    @property
+    def model(self) -> nn.Module:
+        """The channels-last, batch-norm-folded copy of the model that scores whole images."""
+        if self._model is None:
+            self._model = fold_batchnorm(self._source.eval()).to(
+                memory_format=torch.channels_last)
+        return self._model
+
+    @property
+    def chunk(self) -> int:
+        """Images per batch of the whole-image path."""
+        if self._chunk is None:
+            size = tuple(self.weights.shape[-2:])
+            per_image = _activation_bytes(self.model, size, self.device)
+            self._chunk = int(max(1, min(512, self.budget // max(per_image, 1))))
+        return self._chunk
 
     @torch.inference_mode()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
@@ -162,6 +195,34 @@ class ConceptScorer:
             k = keep[lo:lo + self.chunk].to(self.device, x.dtype)[:, None]
             out.append(self._score(b + d * k))
         return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
+
+    def sequence(self, image: torch.Tensor, baseline: torch.Tensor, keep: torch.Tensor,
+                 parent: Sequence[int], cell: int) -> torch.Tensor:
+        """Scores of the image, the baseline and each ``baseline + (image − baseline)·keep``.
+
+        Parameters
+        ----------
+        image, baseline
+            (3,H,W).
+        keep
+            (J,H,W) bool masks of the pixels taken from the image.
+        parent
+            For each mask, an earlier one it differs from in a few cells (the previous
+            step of its curve), or -1 (the image) or -2 (the baseline).
+        cell
+            Side of the square cells the masks change in (the patch).
+
+        Returns
+        -------
+        torch.Tensor
+            (J+2,) float64: f(image), f(baseline), then one score per mask.
+        """
+        self.forwards += 2 + keep.shape[0]
+        if self.engine is not None:
+            return self.engine(image, baseline, keep, parent, cell)
+        ends = self(torch.stack([image, baseline]))
+        rest = self.masked(image, baseline, keep) if keep.shape[0] else ends[:0]
+        return torch.cat([ends, rest])
 
 
 def _activation_bytes(model: nn.Module, size: tuple[int, int], device: torch.device) -> int:
@@ -457,9 +518,13 @@ def perturbation_curves(
         weights, soft, _ = concept_weights(model, image, concept)
         scorer = ConceptScorer(model, weights, soft)
 
-    # Every job is a mask of the pixels taken from the image (the rest from the baseline);
-    # the all-image and all-baseline masks recur in every curve and are run once.
+    # Every job is a mask of the pixels taken from the image (the rest from the baseline),
+    # scored as the previous step of its curve (its parent) plus the newly replaced
+    # patches. A mask is scored once however many curves reach it: the all-image and
+    # all-baseline masks end every curve, and two maps may share their first patches.
     jobs: list[torch.Tensor] = []
+    parents: list[int] = []
+    seen: dict[bytes, int] = {}
     where: dict[tuple[str, str], list[int]] = {}
     full, empty = -1, -2
     for name, m in maps.items():
@@ -467,19 +532,24 @@ def perturbation_curves(
             order = patch_order(m, patch, "lerf" if curve == "lerf" else "morf")
             masks = cumulative_masks(order, grid, counts)
             keep = masks if curve == "insertion" else ~masks
-            idx = []
+            idx: list[int] = []
             for k in range(len(counts)):
                 if bool(keep[k].all()):
-                    idx.append(full)
+                    i = full
                 elif not bool(keep[k].any()):
-                    idx.append(empty)
+                    i = empty
                 else:
-                    idx.append(len(jobs))
-                    jobs.append(keep[k])
+                    key = np.packbits(keep[k].numpy()).tobytes()
+                    i = seen.setdefault(key, len(jobs))
+                    if i == len(jobs):
+                        jobs.append(keep[k])
+                        parents.append(idx[-1] if idx else empty)
+                idx.append(i)
             where[(name, curve)] = idx
-    ends = scorer(torch.stack([image, base]))
-    scores = scorer.masked(image, base, torch.stack(jobs)) if jobs else torch.zeros(0)
-    lookup = {full: float(ends[0]), empty: float(ends[1])}
+    keep_all = torch.stack(jobs) if jobs else torch.zeros(0, *size, dtype=torch.bool)
+    every = scorer.sequence(image, base, keep_all, parents, patch)
+    scores = every[2:]
+    lookup = {full: float(every[0]), empty: float(every[1])}
     fraction = counts / n_patches
     nan = np.full(len(counts), np.nan)
     out = {}
