@@ -42,6 +42,7 @@ from torch import nn
 from .errors import SegscopeError
 from .explain.concepts import Concept
 from .incremental import IncrementalSegNet, fold_batchnorm
+from .models import SegNet
 
 #: Baselines the perturbed pixels are replaced with (``colour:R,G,B`` and ``blur:SIGMA``
 #: take a value).
@@ -83,8 +84,12 @@ def concept_weights(
         raise SegscopeError(f"expected a segscope Concept, got {type(concept).__name__}")
     if scores is None:
         device = next(model.parameters()).device
-        with torch.inference_mode():
-            scores = model(image[None].to(device))[0]
+        if concept.kind != "prediction" and isinstance(model, SegNet):
+            # only a prediction's pixels depend on the scores: spare the forward pass
+            scores = torch.zeros(model.num_classes, *image.shape[-2:], device=device)
+        else:
+            with torch.inference_mode():
+                scores = model(image[None].to(device))[0]
     names = getattr(model, "class_names", None) or tuple(str(k) for k in range(scores.shape[0]))
     weights = concept.output_weights(scores.detach(), names)
     selection = (weights != 0).any(0)
