@@ -230,11 +230,13 @@ class IncrementalSegNet:
 
     # -- encoder ----------------------------------------------------------------------------------
     def _bytes_per_image(self) -> int:
+        """What a chunk holds per perturbed image: its mask and every block's pooled
+        output (float32) and pool positions (int8)."""
         hp, wp = self.padded
-        total = 3 * hp * wp * 4
+        total = hp * wp * 4
         for b, convs in enumerate(self.encoder):
             c = convs[-1][0].shape[0]
-            total += c * (hp >> (b + 1)) * (wp >> (b + 1)) * 5 + 2 * c * (hp >> b) * (wp >> b) * 4
+            total += c * (hp >> (b + 1)) * (wp >> (b + 1)) * 5
         return total
 
     def _batches(self, n: int, per_item: int) -> list[range]:

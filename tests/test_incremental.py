@@ -127,3 +127,22 @@ def test_shared_perturbed_images_run_once_with_the_same_curves(tiny_segnet):
             np.testing.assert_allclose(getattr(cur[name], c), getattr(ref[name], c),
                                        rtol=2e-5)
     assert inc.engine is not None and inc.engine.tiled[0] > 0
+
+
+def test_mask_concept_weights_need_no_forward_pass(tiny_segnet):
+    image = torch.rand(3, 32, 32)
+    mask = torch.rand(32, 32) > 0.5
+    with torch.no_grad():
+        scores = tiny_segnet(image[None])[0]
+    calls = []
+    handle = tiny_segnet.register_forward_hook(lambda *a: calls.append(1))
+    concepts = (Concept.mask(1, mask), Concept.mask("markings", mask, assign="prob"))
+    try:
+        got = [concept_weights(tiny_segnet, image, c) for c in concepts]
+    finally:
+        handle.remove()
+    assert not calls  # no forward pass ran
+    for concept, (weights, soft, sel) in zip(concepts, got, strict=True):
+        expected = concept.output_weights(scores, tiny_segnet.class_names)
+        assert torch.equal(weights, expected) and torch.equal(sel, mask)
+        assert soft == (concept.assign == "prob")
