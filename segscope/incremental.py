@@ -114,24 +114,20 @@ def _stack(x: torch.Tensor, convs: Sequence[Conv]) -> torch.Tensor:
 
 
 def _pool(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """2x2 max pooling: the maxima and where each came from in its cell (0..3, row-major;
-    the first of equal values, as ``max_pool2d`` picks), which does not depend on where
-    an even-aligned tile sits in the map."""
-    p, i = F.max_pool2d(x, 2, 2, return_indices=True)
-    w = x.shape[-1]
-    return p, ((i // w) % 2 * 2 + i % 2).to(torch.int8)
+    """2x2 max pooling: the maxima and their flat indices in the (H,W) map."""
+    return F.max_pool2d(x, 2, 2, return_indices=True)
 
 
-def _unpool(x: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
-    """``max_unpool2d`` from the positions :func:`_pool` gives: each value back in its
-    cell, zeros elsewhere."""
-    h, w = x.shape[-2:]
-    k = where.long()
-    rows = torch.arange(h, device=x.device).view(-1, 1) * (4 * w)
-    cols = torch.arange(w, device=x.device).view(1, -1) * 2
-    # position k of the cell at (i, j): row 2i + k // 2, column 2j + k % 2
-    index = (rows + cols) + k + (k >> 1) * (2 * w - 2)
-    return F.max_unpool2d(x, index, 2, 2, output_size=(2 * h, 2 * w))
+def _unpool(x: torch.Tensor, index: torch.Tensor, width: int,
+            window: Rect) -> torch.Tensor:
+    """``max_unpool2d`` onto ``window`` of a map ``width`` wide, from indices into the
+    whole map: the (h,w) cells of ``x`` come from the window's 2x2 cells."""
+    y0, y1, x0, x1 = window
+    if (x0, x1) == (0, width):
+        local = index - y0 * width
+    else:
+        local = (index // width - y0) * (x1 - x0) + (index % width - x0)
+    return F.max_unpool2d(x, local, 2, 2, output_size=(y1 - y0, x1 - x0))
 
 
 def _even_down(v: int) -> int:
@@ -220,7 +216,8 @@ class IncrementalSegNet:
         for (block, _), convs, (inp, out) in zip(_DECODER, self.decoder, self.windows,
                                                  strict=True):
             i0, i1, j0, j1 = inp
-            x = _unpool(x, indices[block - 1][:, :, i0 // 2:i1 // 2, j0 // 2:j1 // 2])
+            idx = indices[block - 1][:, :, i0 // 2:i1 // 2, j0 // 2:j1 // 2]
+            x = _unpool(x, idx, self.padded[1] >> (block - 1), inp)
             x = _stack(x, convs)
             x = x[:, :, out[0] - i0:out[1] - i0, out[2] - j0:out[3] - j0]
         if self.softmax:
@@ -231,12 +228,12 @@ class IncrementalSegNet:
     # -- encoder ----------------------------------------------------------------------------------
     def _bytes_per_image(self) -> int:
         """What a chunk holds per perturbed image: its mask and every block's pooled
-        output (float32) and pool positions (int8)."""
+        output (float32) and pool indices (int64)."""
         hp, wp = self.padded
         total = hp * wp * 4
         for b, convs in enumerate(self.encoder):
             c = convs[-1][0].shape[0]
-            total += c * (hp >> (b + 1)) * (wp >> (b + 1)) * 5
+            total += c * (hp >> (b + 1)) * (wp >> (b + 1)) * 12
         return total
 
     def _batches(self, n: int, per_item: int) -> list[range]:
@@ -357,7 +354,7 @@ class IncrementalSegNet:
             c = convs[-1][0].shape[0]
             po = torch.empty(n, c, hs // 2, ws // 2, device=dev).contiguous(
                 memory_format=torch.channels_last)
-            pi = torch.empty(n, c, hs // 2, ws // 2, dtype=torch.int8, device=dev).contiguous(
+            pi = torch.empty(n, c, hs // 2, ws // 2, dtype=torch.int64, device=dev).contiguous(
                 memory_format=torch.channels_last)
             if runs:
                 inp = xb + d * kp[runs] if b == 0 else prev_out[runs]
@@ -392,9 +389,11 @@ class IncrementalSegNet:
 
     def _tiles(self, b: int, tiles: list, th: int, tw: int, xb: torch.Tensor, d: torch.Tensor,
                kp: torch.Tensor, prev: torch.Tensor | None) -> list:
-        """Block ``b`` on each tile: (pooled values, pool positions) of its output rect."""
+        """Block ``b`` on each tile: (pooled values, pool indices in the whole map) of its
+        output rect."""
         if not tiles:
             return []
+        ws = self.padded[1] >> b
         c = self.encoder[b][-1][0].shape[0]
         out = []
         for r in self._batches(len(tiles), 3 * c * th * tw * 4):
@@ -411,7 +410,8 @@ class IncrementalSegNet:
                                                              strict=True):
                 ys = slice((o0 - ty) // 2, (o1 - ty) // 2)
                 xs = slice((p0 - tx) // 2, (p1 - tx) // 2)
-                out.append((tp[:, ys, xs], ti[:, ys, xs]))
+                ti = ti[:, ys, xs]
+                out.append((tp[:, ys, xs], (ti // tw + ty) * ws + ti % tw + tx))
         return out
 
 

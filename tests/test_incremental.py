@@ -78,14 +78,15 @@ def test_incremental_chunks_restart_from_the_image(tiny_segnet):
     np.testing.assert_allclose(ours, ref, rtol=2e-5)
 
 
-def test_pool_positions_unpool_like_max_unpool():
-    x = torch.randn(2, 3, 6, 8)
-    x[0, 0, :2, :2] = 1.0  # a tie: max_pool2d keeps the first
-    p, where = _pool(x)
-    _, idx = F.max_pool2d(x, 2, 2, return_indices=True)
-    expected = F.max_unpool2d(p, idx, 2, 2, output_size=(6, 8))
-    assert torch.equal(_unpool(p.contiguous(memory_format=torch.channels_last),
-                               where.contiguous(memory_format=torch.channels_last)), expected)
+def test_unpool_on_a_window_equals_max_unpool_cropped():
+    x = torch.relu(torch.randn(2, 3, 8, 12))
+    x[0, 0, 2:4, 2:4] = 1.0  # a tie: max_pool2d keeps the first
+    p, idx = _pool(x.contiguous(memory_format=torch.channels_last))
+    whole = F.max_unpool2d(p, idx, 2, 2, output_size=(8, 12))
+    for y0, y1, x0, x1 in ((2, 6, 2, 8), (4, 8, 0, 12), (0, 8, 0, 12)):
+        cells = (slice(None), slice(None), slice(y0 // 2, y1 // 2), slice(x0 // 2, x1 // 2))
+        got = _unpool(p[cells], idx[cells], 12, (y0, y1, x0, x1))
+        assert torch.equal(got, whole[:, :, y0:y1, x0:x1])
 
 
 def test_fold_batchnorm_keeps_the_outputs(tiny_segnet):
