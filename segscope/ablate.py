@@ -295,16 +295,12 @@ def _fingerprint(model, folder: Path, config: AblationConfig, setting: Setting
         return {"available": False, "note": f"diagnose skipped: {exc}"}
     write_diagnosis(d, folder / "diagnose", model, syn, None)
     fs = next((r for r in d.correlations if r["score"] == "failure_score"), None)
-    mean_failure = float(np.nanmean([r["failure_score"] for r in d.rows
-                                     if r["dataset"] == "real"]))
     return {"available": True, "report": str((folder / "diagnose" / "report.html")
                                              .relative_to(config.out)),
             "failure_score_spearman": fs["spearman"] if fs else None,
             "winner": d.winner["score"] if d.winner else None,
-            "mean_failure_score": mean_failure,
-            # the calibrated score is 1 - predicted IoU: a label-free estimate of the real
-            # IoU, to rank training data where the real set has no labels
-            "predicted_iou": 1.0 - mean_failure if d.failure_model is not None else None}
+            "mean_failure_score": float(np.nanmean([r["failure_score"] for r in d.rows
+                                                    if r["dataset"] == "real"]))}
 
 
 def _fmt(v) -> str:
@@ -329,6 +325,12 @@ def run_ablation(config: AblationConfig, log: Callable[[str], None] | None = Non
     log = log or (lambda s: None)
     settings = ablation_settings(config)
     real = _open_real(config)
+    if config.real_size is None:  # real images at the training width, their own aspect
+        from .checkpoint import at_training_scale
+
+        config = dataclasses.replace(config, real_size=at_training_scale(
+            tuple(real[0][0].shape[-2:]), tuple(config.size)))
+        real = _open_real(config)
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     record = _config_json(config, settings)
@@ -494,10 +496,10 @@ def report_html(summary: dict[str, Any], folder: Path) -> str:
     rows = summary["rows"]
     table = RenderedTable(
         ["setting", "training data", "real road-surface IoU", "Δ to all on", "mIoU",
-         "diagnose: IoU predicted without labels", "failure score ~ IoU (Spearman)"],
+         "diagnose: mean failure score", "failure score ~ IoU (Spearman)"],
         [[r["setting"], r["data"], _fmt(r["road_surface_iou"]),
           "" if r["delta_to_all_on"] is None else f"{r['delta_to_all_on']:+.3f}",
-          _fmt(r["miou"]), _fmt(r.get("fingerprint", {}).get("predicted_iou")),
+          _fmt(r["miou"]), _fmt(r.get("fingerprint", {}).get("mean_failure_score")),
           _fmt(r.get("fingerprint", {}).get("failure_score_spearman"))] for r in rows])
     ranked = sorted((r for r in rows if r["delta_to_all_on"] is not None
                      and r["setting"] != ALL_ON), key=lambda r: r["delta_to_all_on"])

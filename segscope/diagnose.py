@@ -50,11 +50,11 @@ SCORES = ("failure_score", "fv_js", "fv_js_z", "fv_knn", "fv_z", "max_softmax", 
 BASELINES = ("max_softmax", "entropy", "atc", "act_js", "colour_js", "share_shift")
 #: Channels reported as moving most between synthetic and badly segmented real images.
 TOP_CHANNELS = 6
-#: Labelled synthetic sets the failure score is fitted on (one per preset, seeds no
-#: training or reference default uses): the model's IoU varies across them as it does
-#: across real domains.
-DEFAULT_CALIBRATION = ("synthetic:40:narrow:1001", "synthetic:40:urban:1001",
-                       "synthetic:40:randomized:1001")
+#: Calibration sets for a fitted failure score (``--calibration presets``): 40 labelled
+#: scenes of each preset, with a seed no training or reference default uses. Opt-in: on
+#: CamVid val the fitted score was less robust than the plain distance (docs/diagnose.md).
+PRESET_CALIBRATION = ("synthetic:40:narrow:1001", "synthetic:40:urban:1001",
+                      "synthetic:40:randomized:1001")
 
 
 # -- the images --------------------------------------------------------------------------------
@@ -110,26 +110,27 @@ class _Labelled(Dataset):
 
 
 def open_synthetic(spec: str, size: tuple[int, int] | None = None,
-                   limit: int | None = None) -> Source:
+                   limit: int | None = None, option: str = "--synthetic") -> Source:
     """The synthetic reference: ``synthetic:N[:PRESET[:SEED]]`` or a ``segscope synth``
-    folder. Always labelled (the labels give ATC its synthetic accuracy)."""
+    folder. Always labelled (the labels give ATC its synthetic accuracy). ``option``
+    names the command-line option in error messages."""
     from .data.real import LabelFolder, open_dataset
 
     text = str(spec)
     if not text.startswith("synthetic:"):
         root = Path(text).expanduser()
         if not root.is_dir():
-            raise SegscopeError(f"--synthetic {text}: not a folder nor synthetic:N[:PRESET[:SEED]]")
+            raise SegscopeError(f"{option} {text}: not a folder nor synthetic:N[:PRESET[:SEED]]")
         if not (root / "manifest.json").is_file():
-            raise SegscopeError(f"--synthetic {text} is not a segscope synth folder (it has no "
+            raise SegscopeError(f"{option} {text} is not a segscope synth folder (it has no "
                                 "manifest.json); use synthetic:N[:PRESET[:SEED]] or such a folder")
         data = LabelFolder.synth(root, size=size, limit=limit)
     else:
         data = open_dataset(text, size=size, limit=limit)
     n = len(data)
     if n < 2:
-        raise SegscopeError(f"the synthetic reference {text} has {n} image(s); at least 2 "
-                            "are needed to say how synthetic images vary")
+        raise SegscopeError(f"{option} {text} has {n} image(s); at least 2 are needed to "
+                            "say how synthetic images vary")
     files = getattr(data, "files", None)
     names = [Path(files[i][0]).name for i in range(n)] if files else \
         [f"{i:06d}" for i in range(n)]
@@ -446,7 +447,7 @@ def diagnose(
     real_size: tuple[int, int] | None = None,
     limit: int | None = None,
     synthetic_limit: int | None = None,
-    calibration: Sequence[str | Source] | None = DEFAULT_CALIBRATION,
+    calibration: Sequence[str | Source] | None = None,
     batch_size: int = 4,
     workers: int = 0,
     cache_dir: str | os.PathLike | None = None,
@@ -481,10 +482,11 @@ def diagnose(
     limit, synthetic_limit
         Use only the first N real / synthetic images.
     calibration
-        Labelled synthetic sets (specs, folders or :class:`Source`) the failure score is
-        fitted on: it is ``1 -`` the IoU a :class:`~segscope.failure.FailureModel`
-        predicts from the fingerprint. None or empty: the failure score is the plain
-        fingerprint distance :data:`~segscope.failure.FAILURE_SCORE`.
+        Labelled synthetic sets (specs, folders or :class:`Source`; e.g.
+        :data:`PRESET_CALIBRATION`) to fit the failure score on: it is then ``1 -`` the
+        IoU a :class:`~segscope.failure.FailureModel` predicts from the fingerprint.
+        None or empty (the default): the failure score is the relevance fingerprint's
+        distance :data:`~segscope.failure.FAILURE_SCORE`.
     batch_size, workers
         Images per DataLoader batch and loader processes.
     cache_dir

@@ -23,7 +23,7 @@ import torch
 
 from ._io import write_json, write_text
 from .diagnose import (
-    DEFAULT_CALIBRATION,
+    PRESET_CALIBRATION,
     SCORES,
     Diagnosis,
     Source,
@@ -188,6 +188,10 @@ def render_report(summary: dict[str, Any], folder: Path) -> str:
             verdict = (f"On this model the failure score loses: Spearman "
                        f"{_f(v['failure_score'])} against {_f(v['best_baseline_spearman'])} "
                        f"for the best baseline, {v['best_baseline']}.")
+    best = next((r for r in summary["correlations"] if r["score"] == summary.get("winner")),
+                None)
+    if verdict and best is not None and best["score"] != "failure_score":
+        verdict += f" The best score on these images: {best['score']} ({_f(best['spearman'])})."
     fm = summary.get("failure_model") or {}
     model_table = None
     if "features" in fm:
@@ -279,12 +283,14 @@ def run_diagnose(checkpoint: str | os.PathLike, out: str | os.PathLike, *, synth
                     **{k: kwargs.get(k) for k in ("split", "data_kind", "labels", "cls",
                                                   "assign", "rule", "limit")}}
         settings["id_map"] = str(kwargs["id_map"]) if kwargs.get("id_map") else None
-        kwargs.setdefault("calibration", DEFAULT_CALIBRATION)
-        settings["calibration"] = [str(c) for c in kwargs["calibration"] or ()]
+        calibration = kwargs.get("calibration") or ()
+        if tuple(calibration) == ("presets",):
+            calibration = PRESET_CALIBRATION
+        settings["calibration"] = [str(c) for c in calibration]
         # Bad input fails here, before the output folder is touched.
         syn = open_synthetic(synthetic, size=size)
-        kwargs["calibration"] = [open_synthetic(spec, size=size)
-                                 for spec in kwargs.get("calibration") or ()]
+        kwargs["calibration"] = [open_synthetic(spec, size=size, option="--calibration")
+                                 for spec in calibration]
         rea = open_real(real, split=kwargs.get("split"), labels=kwargs.get("labels"),
                         kind=kwargs.get("data_kind", "auto"), id_map=kwargs.get("id_map"),
                         size=real_size, limit=kwargs.get("limit"))
@@ -351,10 +357,7 @@ def demo_step(ctx) -> None:
     spec = f"synthetic:{4 if o.quick else 24}:{o.preset}:{o.seed + 1}"
     syn = open_synthetic(spec, size=size)
     try:
-        calibration = [f"synthetic:4:{p}:1001" for p in ("narrow", "urban", "randomized")] \
-            if o.quick else DEFAULT_CALIBRATION
         d = diagnose(ctx.model, syn, real, n_boot=200, top=2 if o.quick else 4,
-                     calibration=[open_synthetic(c, size=size) for c in calibration],
                      quiet=o.quiet or not sys.stderr.isatty())
     except SegscopeError as exc:  # e.g. a model that predicts no road yet
         ctx.summary["diagnose"] = {"skipped": str(exc)}

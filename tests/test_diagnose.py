@@ -281,6 +281,18 @@ def test_cli_writes_folder_and_resumes(tmp_path, tiny_checkpoint, capsys):
         assert col in rows[0]
     html = (out / "report.html").read_text()
     assert "Spearman" in html and "data:image/png;base64," in html and 'src="http' not in html
+    import json
+
+    summary = json.loads((out / "diagnosis.json").read_text())
+    assert summary["settings"]["calibration"] == ["synthetic:5:narrow:7", "synthetic:5:urban:7"]
+    assert (out / "fingerprints" / "calibration-1-00001.npz").is_file()
+    fm = summary["failure_model"]
+    if "features" in fm:  # fitted: failure_score = 1 - predicted IoU
+        assert summary["failure_score"] == "calibrated" and fm["n_images"] <= 10
+    else:  # the tiny model predicts too little road on them: the plain distance, said so
+        assert summary["failure_score"] == "fv_knn" and "not fitted" in fm["skipped"]
+        assert all(r["failure_score"] == r["fv_knn"] for r in rows)
+    assert "How the failure score is made" in html
     # a second run needs --resume; it keeps the cached fingerprints and gives the same rows
     code, _, err = run_cli(args, capsys)
     assert code == 2 and "--resume" in err
@@ -304,7 +316,7 @@ def test_cli_bad_input_one_line(tmp_path, tiny_checkpoint, capsys, extra, messag
     real = _real_folder(tmp_path / "real", 2, labels=False)
     args = ["diagnose", "-c", tiny_checkpoint, "--synthetic", "synthetic:3",
             "--real", real / "images", "--size", "32x64", "--out", tmp_path / "out", "-q",
-            *([] if "--calibration" in extra else ["--no-calibration"]), *extra]
+            *extra]
     code, _, err = run_cli(args, capsys)
     assert code == 2
     lines = err.strip().splitlines()

@@ -18,12 +18,10 @@ from ._options import dataset_kind_options, device_option, parse_size
               help="Real images: a dataset folder (CamVid, Cityscapes, ...) or any folder "
                    "of images.")
 @click.option("--calibration", multiple=True, metavar="SPEC",
-              help="Labelled synthetic set the failure score is fitted on "
-                   "(synthetic:N[:PRESET[:SEED]] or a synth folder; repeat for several) "
-                   "[default: 40 scenes of each preset: narrow, urban, randomized].")
-@click.option("--no-calibration", is_flag=True,
-              help="No fitted failure model: the failure score is the plain fingerprint "
-                   "distance (fv_knn).")
+              help="Fit the failure score on this labelled synthetic set "
+                   "(synthetic:N[:PRESET[:SEED]] or a synth folder; repeat for several; "
+                   "'presets': 40 scenes of each preset) instead of using the relevance "
+                   "fingerprint's distance (fv_knn) [default: no fit].")
 @click.option("--split", default=None, help="Dataset split (default: the evaluation split).")
 @dataset_kind_options
 @click.option("--labels/--no-labels", default=None,
@@ -61,27 +59,21 @@ from ._options import dataset_kind_options, device_option, parse_size
 @click.option("--overwrite", is_flag=True, help="Replace an earlier diagnosis in --out.")
 @device_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def diagnose(checkpoint, synthetic, real, calibration, no_calibration, split, data_kind, id_map,
+def diagnose(checkpoint, synthetic, real, calibration, split, data_kind, id_map,
              labels, cls, assign, rule, size, limit, batch_size, workers, chunk, top, bootstrap,
              out, resume, overwrite, device, quiet) -> None:
     """Score every real image by how likely the model fails on it, without real labels.
 
     Each image gets a fingerprint (feature-value profiles of all 37 layers from one LRP
-    sweep, mean activations, confidence). The failure score is 1 - the IoU predicted from
-    the fingerprint's distances to the synthetic reference, by a model fitted on labelled
-    synthetic scenes of every preset (never on real labels). With real labels, every
+    sweep, mean activations, confidence); the failure score is the fingerprint's distance
+    from the synthetic reference (or, with --calibration, 1 - the IoU predicted by a model
+    fitted on labelled synthetic scenes; never on real labels). With real labels, every
     score (and the baselines:
     max-softmax, entropy, ATC, activation profiles, colour statistics, class shares) is
     measured against IoU. Writes images.csv, diagnosis.json, figures and report.html.
     Runs under torchrun --nproc_per_node=N (images shared out, rows gathered on rank 0).
     """
-    from ..diagnose import DEFAULT_CALIBRATION
     from ..diagnose_report import run_diagnose
-    from ..errors import SegscopeError
-
-    if no_calibration and calibration:
-        raise SegscopeError("--calibration and --no-calibration contradict each other")
-    calibration = () if no_calibration else (tuple(calibration) or DEFAULT_CALIBRATION)
 
     summary = run_diagnose(
         checkpoint, out, synthetic=synthetic, real=real, calibration=calibration, split=split,
@@ -91,6 +83,9 @@ def diagnose(checkpoint, synthetic, real, calibration, no_calibration, split, da
         device=device, quiet=quiet)
     if summary is None:  # not rank 0
         return
+    skipped = (summary.get("failure_model") or {}).get("skipped")
+    if calibration and skipped:
+        click.echo(f"segscope: {skipped}", err=True)
     img = summary["images"]
     click.echo(f"{img['real']} real and {img['synthetic']} synthetic images diagnosed"
                + (f"; {img['real_empty_concept']} real image(s) with no pixel predicted "
@@ -102,6 +97,9 @@ def diagnose(checkpoint, synthetic, real, calibration, no_calibration, split, da
             click.echo(f"{r['score']:<14} {r['spearman']:>+9.3f} "
                        f"[{r['spearman_lo']:+.2f}, {r['spearman_hi']:+.2f}] {r['kendall']:>+8.3f}")
         v = summary["verdict"]
+        if summary.get("winner"):
+            best = next(r for r in summary["correlations"] if r["score"] == summary["winner"])
+            click.echo(f"best score on these images: {best['score']} ({best['spearman']:+.3f})")
         if v:
             click.echo(f"the failure score ranks the images at least as well as every "
                        f"baseline (best: {v['best_baseline']})" if v["relevance_wins"] else
