@@ -31,7 +31,9 @@ from ._options import device_option, parse_size
 @click.option("--scenes", "n", default=4000, show_default=True, type=click.IntRange(min=1),
               help="Synthetic training scenes per setting (rendered on the fly).")
 @click.option("--size", default="128x192", show_default=True, help="Training image size HxW.")
-@click.option("--real-size", default=None, help="Resize real images to HxW before scoring.")
+@click.option("--real-size", default=None,
+              help="Resize real images to HxW before scoring (default: the training width "
+                   "of --size, with the images' own aspect ratio).")
 @click.option("--real-limit", type=click.IntRange(min=1), default=None,
               help="Score on the first N real images only.")
 @click.option("--width", default=0.25, show_default=True, type=float, help="SegNet width.")
