@@ -1,14 +1,20 @@
-"""Diagnose throughput: one image's fingerprint (forward pass + LRP sweep keeping every
-layer's per-channel totals + activation and confidence statistics) against a plain
-forward pass over the same images, in the same run (target: <= 2.5x).
+"""Diagnose throughput: the fingerprints of a batch of images (one forward pass + one LRP
+sweep keeping every layer's per-channel totals + activation and confidence statistics)
+against a plain forward pass over the same batches, in the same run (target: <= 2.5x).
 
     python benchmarks/bench_diagnose.py
+    python benchmarks/bench_diagnose.py --batch 1 --threads 1
     python benchmarks/bench_diagnose.py --width 0.25 --images 8 --rounds 3
+
+The model is untrained and the concept is the class it predicts most: pixels all over
+the image, so the sweep cannot skip any part of a map (a trained model's road, in the
+lower part of the image, costs less).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -17,14 +23,15 @@ import torch
 from segscope import SegNet
 from segscope.data import SyntheticRoads
 from segscope.explain.graph import build_graph
-from segscope.fingerprint import RELEVANCE_KEEP, image_fingerprint, layout_of
+from segscope.fingerprint import RELEVANCE_KEEP, image_fingerprints, layout_of
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--width", type=float, default=1.0)
     p.add_argument("--size", default="360x480")
-    p.add_argument("--images", type=int, default=3)
+    p.add_argument("--images", type=int, default=4)
+    p.add_argument("--batch", type=int, default=2, help="images per forward pass and sweep")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -36,42 +43,45 @@ def main() -> None:
     torch.manual_seed(0)
     model = SegNet(width=args.width).to(device).eval()
     data = SyntheticRoads(args.images, size=(h, w), seed=5, preset="randomized")
-    images = [data[i][0] for i in range(args.images)]
+    images = torch.stack([data[i][0] for i in range(args.images)])
+    batches = list(images.split(args.batch))
     graph = build_graph(model)
     layout = layout_of(model, (h, w), graph=graph)
     # An untrained model: explain the class it predicts most, so no concept is empty.
     with torch.no_grad():
-        counts = sum(torch.bincount(model(im[None].to(device))[0].argmax(0).flatten().cpu(),
-                                    minlength=3) for im in images)
+        counts = sum(torch.bincount(model(b.to(device)).argmax(1).flatten().cpu(),
+                                    minlength=3) for b in batches)
     cls = int(counts.argmax())
 
     def sync() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    def forward(im: torch.Tensor) -> None:
+    def forward(batch: torch.Tensor) -> None:
         with torch.no_grad():
-            model(im[None].to(device))
+            model(batch.to(device))
 
-    def fingerprint(im: torch.Tensor) -> None:
-        fp = image_fingerprint(model, im, cls, graph=graph, layout=layout)
-        assert fp.scalar("empty")[0] == 0
+    def fingerprint(batch: torch.Tensor) -> None:
+        fp = image_fingerprints(model, batch.to(device), cls, graph=graph, layout=layout)
+        assert not fp.scalar("empty").any()
 
     for fn in (forward, fingerprint):  # warm-up
-        fn(images[0])
+        fn(batches[0])
         sync()
     fwd, fpr = [], []
     for _ in range(args.rounds):  # interleaved rounds: both see the same machine load
         for fn, times in ((forward, fwd), (fingerprint, fpr)):
-            for im in images:
+            for b in batches:
                 t = time.perf_counter()
-                fn(im)
+                fn(b)
                 sync()
-                times.append(time.perf_counter() - t)
+                times.append((time.perf_counter() - t) / len(b))
     f, g = statistics.median(fwd), statistics.median(fpr)
+    load = " ".join(f"{v:.1f}" for v in os.getloadavg())
     print(f"SegNet width {args.width}, {h}x{w}, {args.device}, {torch.get_num_threads()} "
-          f"threads, {args.images} images x {args.rounds} rounds, medians; "
-          f"relevance totals via lrp(keep={RELEVANCE_KEEP!r})")
+          f"threads, {args.images} images in batches of {args.batch} x {args.rounds} rounds, "
+          f"medians per image; relevance totals via lrp_batch(keep={RELEVANCE_KEEP!r}); "
+          f"load average {load}")
     print(f"{'plain forward':<26}{1000 * f:>10.1f} ms/image {1 / f:>8.2f} images/s")
     print(f"{'diagnose fingerprint':<26}{1000 * g:>10.1f} ms/image {1 / g:>8.2f} images/s")
     print(f"ratio fingerprint / forward: {g / f:.2f}x (target <= 2.5x)")

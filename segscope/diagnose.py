@@ -39,7 +39,7 @@ from .failure import (
     layer_divergence,
     score_images,
 )
-from .fingerprint import Fingerprints, Layout, image_fingerprint, layout_of
+from .fingerprint import Fingerprints, Layout, image_fingerprints, layout_of
 
 #: Images per cached chunk (and per unit of work shared out under torchrun).
 CHUNK = 16
@@ -208,6 +208,17 @@ def _collate(batch):
     return batch
 
 
+def _same_size(batch: list) -> list[list]:
+    """``batch`` of (image, label) cut into runs of images of one size, in order."""
+    runs: list[list] = []
+    for item in batch:
+        if runs and runs[-1][0][0].shape == item[0].shape:
+            runs[-1].append(item)
+        else:
+            runs.append([item])
+    return runs
+
+
 # -- fingerprints, chunked, cached, shared out ------------------------------------------------
 def _world() -> tuple[int, int]:
     import torch.distributed as dist
@@ -259,8 +270,9 @@ def fingerprint_source(
 ) -> Fingerprints:
     """Fingerprints of every image of ``source``, in order.
 
-    Images are read in batches (``workers`` DataLoader processes prefetch them) and
-    fingerprinted one by one (one forward pass and one LRP sweep each). With
+    Images are read in batches of ``batch_size`` (``workers`` DataLoader processes
+    prefetch them); the images of a batch that share a size are fingerprinted together,
+    in one forward pass and one LRP sweep (:func:`image_fingerprints`). With
     ``cache_dir``, each chunk of ``chunk`` images is written there and reused when
     present. Under ``torch.distributed`` each process does every world-th chunk and the
     chunks are gathered, so all processes return the same rows.
@@ -295,26 +307,36 @@ def fingerprint_source(
     indices = [i for c in todo for i in range(c * chunk, min(n, (c + 1) * chunk))]
     bar = tqdm(total=len(indices), desc=f"{source.what} fingerprints", unit="img",
                disable=quiet or rank != 0 or not sys.stderr.isatty(), leave=False)
+    # batches never straddle two chunks: a chunk's rows then come out of the same
+    # batches (the same float rounding) whichever process does it, resumed or not
+    per_batch, batches, pos = max(1, batch_size), [], 0
+    for c in todo:
+        count = min(n, (c + 1) * chunk) - c * chunk
+        batches += [list(range(pos + b, pos + min(count, b + per_batch)))
+                    for b in range(0, count, per_batch)]
+        pos += count
     loader = DataLoader(torch.utils.data.Subset(source.dataset, indices),
-                        batch_size=max(1, batch_size), num_workers=workers,
-                        collate_fn=_collate)
+                        batch_sampler=batches, num_workers=workers, collate_fn=_collate)
     rows: list[Fingerprints] = []
     pos = 0
     try:
         for batch in loader:
-            for image, label in batch:
-                rows.append(image_fingerprint(
-                    model, image, cls, assign=assign, rule=rule, label=label,
-                    road_surface=source.road_surface, graph=graph, layout=layout))
-                pos += 1
-                bar.update(1)
-                c = indices[pos - 1] // chunk
-                end = min(n, (c + 1) * chunk)
-                if indices[pos - 1] == end - 1:  # the chunk is complete
-                    done[c] = Fingerprints.concat(rows, layout)
-                    rows = []
-                    if cache is not None:
-                        _save_chunk(_chunk_path(cache, source.what, c), done[c])
+            for part in _same_size(batch):
+                fps = image_fingerprints(
+                    model, [image for image, _ in part], cls, assign=assign, rule=rule,
+                    labels=[label for _, label in part], road_surface=source.road_surface,
+                    graph=graph, layout=layout)
+                for b in range(len(part)):
+                    rows.append(fps.take([b]))
+                    pos += 1
+                    bar.update(1)
+                    c = indices[pos - 1] // chunk
+                    end = min(n, (c + 1) * chunk)
+                    if indices[pos - 1] == end - 1:  # the chunk is complete
+                        done[c] = Fingerprints.concat(rows, layout)
+                        rows = []
+                        if cache is not None:
+                            _save_chunk(_chunk_path(cache, source.what, c), done[c])
     finally:
         bar.close()
     if world > 1:
@@ -488,7 +510,8 @@ def diagnose(
         None or empty (the default): the failure score is the relevance fingerprint's
         distance :data:`~segscope.failure.FAILURE_SCORE`.
     batch_size, workers
-        Images per DataLoader batch and loader processes.
+        Images per batch (read together, fingerprinted in one forward pass and one LRP
+        sweep) and loader processes.
     cache_dir
         Keep each chunk's fingerprints there and reuse them (resume).
     n_boot

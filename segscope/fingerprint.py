@@ -1,7 +1,8 @@
 """Fingerprints: what one image does to the network, in a few thousand numbers.
 
-For each image, one LRP forward pass and one sweep for a class concept (default: the
-pixels predicted as road, ``score`` assignment) give:
+For each batch of images, one LRP forward pass and one sweep for a class concept
+(default: the pixels predicted as road, ``score`` assignment), with the images as the
+sweep's batch dimension, give for each image:
 
 - ``fv``: the feature-value profile (eq 9.3) of every layer, concatenated in layer order
   (:class:`Layout` says where each layer's channels sit);
@@ -124,9 +125,9 @@ class Fingerprints:
 
 def layout_of(model: nn.Module, image_size: tuple[int, int], graph=None) -> Layout:
     """The :class:`Layout` of ``model`` for images of ``image_size`` (H, W)."""
-    from .explain import forward_state
+    from .explain import forward_batch
 
-    state = forward_state(model, torch.zeros(3, *image_size), graph=graph)
+    state = forward_batch(model, torch.zeros(1, 3, *image_size), graph=graph)
     return _layout(state)
 
 
@@ -135,14 +136,18 @@ def _layout(state) -> Layout:
     layers = tuple(graph.layers)
     channels = tuple(int(state.shapes[graph.layers[n]][1]) for n in layers)
     acts = _activations(state)
-    return Layout(layers, channels, tuple(acts), tuple(int(v.size) for v in acts.values()))
+    return Layout(layers, channels, tuple(acts),
+                  tuple(int(v.shape[1]) for v in acts.values()))
 
 
 def _activations(state) -> dict[str, np.ndarray]:
-    """{layer: (C,) mean activation} for the layers whose activation the forward pass
-    keeps: the image, every layer that feeds a convolution (its input, kept for the
-    rules' denominators) and the class scores. Layers that feed only a pool are not kept
-    there and are left out rather than recomputed."""
+    """{layer: (N,C) mean activation} from the state of a batch (``forward_batch``), for
+    the layers whose activation the forward pass keeps: the image, every layer that
+    feeds a convolution (its input, kept for the rules' denominators) and the class
+    scores. Layers that feed only a pool are not kept there and are left out rather
+    than recomputed."""
+    from .explain.sparse import map_totals
+
     graph = state.graph
     name_of = {node: name for name, node in graph.layers.items()}
     found: dict[int, torch.Tensor] = {graph.layers["data"]: state.image} if "data" in \
@@ -153,17 +158,15 @@ def _activations(state) -> dict[str, np.ndarray]:
             continue
         j = kind.inputs[0]
         if j in name_of and j not in found and x.dim() == 4:
-            found[j] = x[0]
+            found[j] = x
     found[graph.output] = state.scores
     out = {}
     for node in sorted(found):
         if node in name_of:
             x = found[node]
-            # float64 accumulation without a float64 copy of the activation
-            # (summing over the spatial dims copies nothing, whatever the memory format)
-            out[name_of[node]] = (x.sum(dim=(-2, -1), dtype=torch.float64) / x[0].numel()
-                                  ).cpu().numpy() if x.dim() == 3 \
-                else x.flatten().to("cpu", torch.float64).numpy()
+            # float64 totals without a float64 copy of the activation (map_totals)
+            out[name_of[node]] = (map_totals(x) / x[0, 0].numel() if x.dim() == 4
+                                  else x.flatten(1).double()).cpu().numpy()
     return out
 
 
@@ -186,20 +189,43 @@ def image_fingerprint(
     graph=None,
     layout: Layout | None = None,
 ) -> Fingerprints:
-    """The fingerprint of one image (3,H,W): one forward pass, one LRP sweep.
+    """The fingerprint of one image (3,H,W): :func:`image_fingerprints` of a batch of
+    one (same parameters, ``label`` for ``labels``). Returns one row."""
+    return image_fingerprints(model, [image], cls, assign=assign, rule=rule,
+                              labels=None if label is None else [label],
+                              road_surface=road_surface, graph=graph, layout=layout)
+
+
+def image_fingerprints(
+    model: nn.Module,
+    images: torch.Tensor | Sequence[torch.Tensor],
+    cls: int,
+    *,
+    assign: str = "score",
+    rule: str = "alpha1beta0",
+    labels: Sequence[torch.Tensor | None] | None = None,
+    road_surface: bool = False,
+    graph=None,
+    layout: Layout | None = None,
+) -> Fingerprints:
+    """The fingerprints of a batch of images of one size: one forward pass and one LRP
+    sweep for the whole batch (:func:`~segscope.explain.lrp_batch`).
+
+    The rows equal those of the images one by one, up to float rounding.
 
     Parameters
     ----------
     model
         The segmentation model (eval mode), on its device.
-    image
-        Float (3,H,W) in [0,1].
+    images
+        Float (N,3,H,W) in [0,1], or N images (3,H,W) of one size.
     cls
         Index of the concept class: the concept is the pixels predicted as ``cls``.
     assign, rule
         LRP initial relevance assignment and rule (text; see :func:`segscope.explain.lrp`).
-    label
-        Optional (H,W) ROAD3 label: fills ``iou`` (of ``cls``) and the pixel accuracy.
+    labels
+        Optional N (H,W) ROAD3 labels (an entry may be ``None``): fill ``iou`` (of
+        ``cls``) and the pixel accuracy.
     road_surface
         Score road and markings as one class (datasets without a markings class).
     graph, layout
@@ -208,36 +234,60 @@ def image_fingerprint(
     Returns
     -------
     Fingerprints
-        One row.
+        N rows, in order.
     """
-    from .explain import Concept, forward_state, lrp
+    from .explain import Concept, forward_batch, lrp_batch
+    from .explain.checks import check_images
 
-    state = forward_state(model, image, rule, graph=graph)
+    batch = check_images(images)
+    n = batch.shape[0]
+    if labels is not None and len(labels) != n:
+        raise SegscopeError(f"{n} images but {len(labels)} labels")
+    state = forward_batch(model, batch, rule, graph=graph)
     layout = layout or _layout(state)
-    scores = state.scores.float()
-    probs = torch.softmax(scores, dim=0)
-    conf, pred = probs.max(dim=0)
-    entropy = -(probs * torch.log(probs.clamp_min(1e-30))).sum(0)
-    k = scores.shape[0]
-    mask = pred == cls
-    empty = not bool(mask.any())
-    fv = np.zeros(sum(layout.channels))
-    output_total = 0.0
-    if not empty:
-        names = list(state.graph.class_names or range(k))
-        expl = lrp(model, image, Concept.mask(names[cls], mask.cpu(), assign=assign), rule=rule,
-                   keep=RELEVANCE_KEEP, state=state)
-        output_total = expl.output_total
-        parts = []
-        for name in layout.layers:
-            totals = expl.layer_totals(name).double().cpu().numpy()
-            whole = totals.sum()
-            parts.append(totals / whole * totals.size if whole != 0 and np.isfinite(whole)
-                         else np.zeros_like(totals))
-        fv = np.concatenate(parts)
-        del expl
+    # before the sweep, which drops each layer's input once it has passed the layer
     acts = _activations(state)
-    act = np.concatenate([acts[n] for n in layout.act_layers])
+    act = np.concatenate([acts[name] for name in layout.act_layers], axis=1)
+    scores = state.scores.float()
+    probs = torch.softmax(scores, dim=1)
+    conf, pred = probs.max(dim=1)
+    entropy = -(probs * torch.log(probs.clamp_min(1e-30))).sum(1)
+    k = scores.shape[1]
+    masks = pred == cls
+    empty = [not bool(m.any()) for m in masks]
+    fv = np.zeros((n, sum(layout.channels)))
+    output_total = np.zeros(n)
+    if not all(empty):
+        names = list(state.graph.class_names or range(k))
+        # an empty concept starts from zero relevance: zero totals, an fv of zeros
+        concepts = [Concept.tensor(torch.zeros_like(scores[b])) if empty[b] else
+                    Concept.mask(names[cls], masks[b].cpu(), assign=assign) for b in range(n)]
+        for b, expl in enumerate(lrp_batch(model, None, concepts, rule=rule,
+                                           keep=RELEVANCE_KEEP, state=state, release=True)):
+            output_total[b] = expl.output_total
+            parts = []
+            for name in layout.layers:
+                totals = expl.totals[name].numpy()
+                whole = totals.sum()
+                parts.append(totals / whole * totals.size if whole != 0 and np.isfinite(whole)
+                             else np.zeros_like(totals))
+            fv[b] = np.concatenate(parts)
+    del state
+    rows = [_statistics(conf[b], entropy[b], pred[b], batch[b], k, cls,
+                        None if labels is None else labels[b], road_surface)
+            for b in range(n)]
+    scalars = np.array([[{**row, "empty": float(empty[b]), "output_total": output_total[b]}[name]
+                         for name in SCALARS] for b, row in enumerate(rows)])
+    return Fingerprints(
+        fv=fv, act=act, confidence=np.stack([row["confidence"] for row in rows]),
+        colour=np.stack([row["colour"] for row in rows]),
+        shares=np.stack([row["shares"] for row in rows]), scalars=scalars, layout=layout)
+
+
+def _statistics(conf: torch.Tensor, entropy: torch.Tensor, pred: torch.Tensor,
+                image: torch.Tensor, k: int, cls: int, label: torch.Tensor | None,
+                road_surface: bool) -> dict:
+    """One image's confidence, colour, share and label statistics."""
     hist = torch.histc(conf.double().cpu(), bins=CONFIDENCE_BINS, min=0.0, max=1.0).numpy()
     pixels = image.detach().double().cpu().clamp(0, 1)
     colour = np.concatenate([
@@ -256,9 +306,7 @@ def image_fingerprint(
         iou = _iou(p, lab, c)
         ok = lab != IGNORE
         correct, valid = float(((p == lab) & ok).sum()), float(ok.sum())
-    values = {"max_softmax": float(conf.double().mean()), "entropy": float(entropy.double().mean()),
-              "empty": float(empty), "iou": iou, "correct": correct, "valid": valid,
-              "output_total": output_total}
-    return Fingerprints(
-        fv=fv[None], act=act[None], confidence=hist[None], colour=colour[None],
-        shares=shares[None], scalars=np.array([[values[s] for s in SCALARS]]), layout=layout)
+    return {"confidence": hist, "colour": colour, "shares": shares,
+            "max_softmax": float(conf.double().mean()),
+            "entropy": float(entropy.double().mean()),
+            "iou": iou, "correct": correct, "valid": valid}

@@ -25,8 +25,10 @@ from .relevance import (
     Explanation,
     FeatureMaps,
     Propagation,
+    forward_batch,
     forward_state,
     lrp,
+    lrp_batch,
     propagate,
     separate_features,
 )
@@ -37,9 +39,11 @@ from .sweep import sweep_options
 __all__ = [
     "Concept",
     "lrp",
+    "lrp_batch",
     "separate_features",
     "propagate",
     "forward_state",
+    "forward_batch",
     "Explanation",
     "FeatureMaps",
     "Propagation",

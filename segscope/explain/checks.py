@@ -36,6 +36,26 @@ def check_image(image: Any) -> torch.Tensor:
     return image
 
 
+def check_images(images: Any) -> torch.Tensor:
+    """A batch of images as one float tensor (N,3,H,W): from (N,3,H,W) or a non-empty
+    sequence of (3,H,W) images of one size, each checked as :func:`check_image` does."""
+    if isinstance(images, np.ndarray):
+        images = torch.from_numpy(images)
+    if torch.is_tensor(images):
+        if images.dim() != 4:
+            raise SegscopeError(f"a batch of images must be (N,3,H,W), got "
+                                f"{tuple(images.shape)}")
+        images = list(images)
+    images = [check_image(im) for im in images]
+    if not images:
+        raise SegscopeError("the batch holds no images")
+    sizes = {tuple(im.shape) for im in images}
+    if len(sizes) > 1:
+        raise SegscopeError(f"the images of a batch must have one size, got "
+                            f"{', '.join('x'.join(map(str, s[1:])) for s in sorted(sizes))}")
+    return torch.stack(images)
+
+
 def check_scores(scores: torch.Tensor) -> torch.Tensor:
     """``scores`` if every value is finite; else a one-line SegscopeError (a model with
     NaN or infinite weights would give NaN maps without a word)."""

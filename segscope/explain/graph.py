@@ -53,12 +53,16 @@ class Node:
     params
         Kind-specific values: ``weight``/``bias`` (folded) and the convolution geometry,
         the pool geometry, the index of the pool a ``maxunpool`` takes indices from, ...
+    cache
+        What the node computes once per model and every image reuses (the weight
+        variants of the rules: W⁺, the transposed weights; :mod:`.ops`).
     """
 
     kind: str
     name: str
     inputs: list[int]
     params: dict[str, Any] = field(default_factory=dict)
+    cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def is_linear(self) -> bool:

@@ -60,7 +60,9 @@ class NodeKind:
     Class attributes: ``kind`` (the :class:`~.graph.Node` kind it implements), ``fresh``
     (the relevance step returns new tensors, which later steps may overwrite),
     ``absorbs`` (relevance lost at this node is reported per layer, eq 6.13),
-    ``takes_rule`` (the node gets a rule from the specification, in ``self.rule``).
+    ``takes_rule`` (the node gets a rule from the specification, in ``self.rule``),
+    ``new_output`` (the forward returns a new tensor that the node does not keep, which
+    its only consumer may then overwrite).
     """
 
     kind: ClassVar[str]
@@ -68,6 +70,7 @@ class NodeKind:
     fresh: ClassVar[bool] = False
     absorbs: ClassVar[bool] = False
     is_input: ClassVar[bool] = False
+    new_output: ClassVar[bool] = False
 
     def __init__(self, index: int, node: Node) -> None:
         self.index, self.node = index, node
@@ -89,6 +92,10 @@ class NodeKind:
         """(B,) relevance that leaves the sweep here (SegNet's padding), or ``None``."""
         return None
 
+    def release(self) -> None:
+        """Drop what only this node's relevance step needed, once the sweep has passed
+        it (a state explained once: its memory comes back as the sweep goes down)."""
+
     def backward(self, state: ForwardState, r: Relevance,
                  step: Step) -> list[tuple[int, Relevance]]:
         """The relevance of each input node from ``r`` at this node's output."""
@@ -102,7 +109,8 @@ class Input(NodeKind):
     is_input = True
 
     def forward(self, state: ForwardState, ins: list[torch.Tensor]) -> torch.Tensor:
-        return state.image.unsqueeze(0).contiguous(memory_format=LAYOUT)
+        image = state.image if state.batched else state.image.unsqueeze(0)
+        return image.contiguous(memory_format=LAYOUT)
 
     def nonneg(self, state: ForwardState) -> bool:
         return bool((state.image >= 0).all())
@@ -115,9 +123,12 @@ class ReLU(NodeKind):
     """ReLU passes relevance unchanged (SPEC §3)."""
 
     kind = "relu"
+    #: set by the forward pass when this node is the only reader of a new tensor
+    overwrite = False
 
     def forward(self, state, ins):
-        return torch.relu(ins[0])
+        # in place on a convolution's output that nothing else reads: no second map
+        return ins[0].relu_() if self.overwrite else torch.relu(ins[0])
 
     def nonneg(self, state):
         return True
@@ -174,6 +185,7 @@ class Weighted(NodeKind):
     takes_rule = True
     fresh = True
     absorbs = True
+    new_output = True
     op: Any
 
     def __init__(self, index: int, node: Node) -> None:
@@ -183,6 +195,9 @@ class Weighted(NodeKind):
 
     def nonneg(self, state):
         return False
+
+    def release(self) -> None:
+        self.x = self.cached = None
 
     def terms(self, state: ForwardState, box: Box | None, full_share: float) -> Terms:
         """The backward terms covering output ``box`` (None: all).
@@ -237,7 +252,7 @@ class Linear(Weighted):
     kind = "linear"
 
     def forward(self, state, ins):
-        self.op = LinearMapOp(self.params)
+        self.op = LinearMapOp(self.params, self.node.cache)
         self.x = ins[0]  # the denominators come later, on what the sweep needs
         return F.linear(ins[0], self.op.weight, self.op.bias)
 
@@ -255,7 +270,7 @@ class Conv(Weighted):
                                 f"{tuple(x.shape)}")
         z = F.conv2d(x, p["weight"], p["bias"], p["stride"], p["padding"], p["dilation"],
                      p["groups"])
-        self.op = ConvOp(p, x.shape, z.shape)
+        self.op = ConvOp(p, x.shape, z.shape, self.node.cache)
         self.x = x  # the denominators come later, on what the sweep needs
         return z
 
@@ -331,13 +346,17 @@ class MaxPool(NodeKind):
 
     kind = "maxpool"
     fresh = True
+    new_output = True
 
     def forward(self, state, ins):
         p = self.params
         out, idx = F.max_pool2d(ins[0], p["kernel_size"], p["stride"], p["padding"],
                                 p["dilation"], p["ceil_mode"], return_indices=True)
-        self.indices = flat(idx.contiguous(memory_format=LAYOUT))  # (1,h*w,C)
+        self.indices = flat(idx.contiguous(memory_format=LAYOUT))  # (N,h*w,C)
         return out
+
+    def release(self) -> None:
+        self.indices = None  # its unpools come later in the forward: already swept
 
     def input_box(self, state, box, j):
         p = self.params
@@ -377,7 +396,7 @@ class MaxPool(NodeKind):
         local = None if work is None else work.get(key)
         if local is None:
             h, w = state.shapes[i][-2:]
-            idx = crop(self.indices.transpose(1, 2).view(1, -1, h, w), box)
+            idx = crop(self.indices.transpose(1, 2).view(state.images, -1, h, w), box)
             local = flat((idx // in_hw[1] - in_box[0]) * (in_box[3] - in_box[2])
                          + (idx % in_hw[1] - in_box[2]))
             if work is not None:
@@ -406,6 +425,7 @@ class MaxUnpool(NodeKind):
 
     kind = "maxunpool"
     fresh = True
+    new_output = True
 
     def _pool(self, state: ForwardState) -> MaxPool:
         return state.kinds[self.params["pool"]]
@@ -519,6 +539,7 @@ class Cat(Merge):
     """Channel concatenation (split by channel, :class:`~.rules.ChannelSplit`)."""
 
     kind = "cat"
+    new_output = True
 
     def forward(self, state, ins):
         # the split needs the inputs' shapes only: meta tensors hold no memory
@@ -532,11 +553,15 @@ class Add(Merge):
     kind = "add"
     fresh = True
     absorbs = True
+    new_output = True
 
     def forward(self, state, ins):
         a, b = ins
         self.parts = [a, b]
         return a + b
+
+    def release(self) -> None:
+        self.parts = None
 
 
 class Flatten(NodeKind):

@@ -8,6 +8,7 @@ its input only, for the boxed denominators of the restricted sweep.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -16,12 +17,48 @@ import torch.nn.functional as F
 from .boxes import Box, window
 
 
-class ConvOp:
+def derived(cache: dict | None, key: Any, base: torch.Tensor,
+            make: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """``make(base)``, kept in ``cache[key]`` for as long as ``base`` is the same tensor,
+    unmodified (its version counter unchanged): a layer's weight variants are computed
+    once per model, not once per image."""
+    if cache is None:
+        return make(base)
+    hit = cache.get(key)
+    if hit is not None and hit[0] is base and hit[1] == base._version:
+        return hit[2]
+    out = make(base)
+    cache[key] = (base, base._version, out)
+    return out
+
+
+class WeightParts:
+    """The weight variants of a layer (W⁺, W⁻ and the transposed forms), cached in the
+    graph node's ``cache`` dict, so that every forward state of the model shares them."""
+
+    weight: torch.Tensor
+    cache: dict | None
+
+    def part(self, sign: int) -> torch.Tensor:
+        """W⁺ (``sign`` > 0) or W⁻ (``sign`` < 0)."""
+        return derived(self.cache, ("w", sign), self.weight,
+                       lambda w: w.clamp(min=0) if sign > 0 else w.clamp(max=0))
+
+    def _cached(self, w: torch.Tensor) -> bool:
+        # only the layer's own weight and its cached parts: a rule's one-off weight (γ)
+        # would otherwise stay alive in the cache
+        return w is self.weight or any(w is hit[2] for key, hit in (self.cache or {}).items()
+                                       if key[0] == "w")
+
+
+class ConvOp(WeightParts):
     """A 2-d convolution and its transpose; ``fwd`` also serves the rules' denominators."""
 
-    def __init__(self, params: dict, in_shape: torch.Size, out_shape: torch.Size) -> None:
+    def __init__(self, params: dict, in_shape: torch.Size, out_shape: torch.Size,
+                 cache: dict | None = None) -> None:
         p = params
         self.weight, self.bias = p["weight"], p["bias"]
+        self.cache = cache
         self.stride, self.padding = p["stride"], p["padding"]
         self.dilation, self.groups = p["dilation"], p["groups"]
         self.in_shape = tuple(in_shape)
@@ -44,8 +81,13 @@ class ConvOp:
         return F.conv2d(x, w, b, self.stride, self.padding, self.dilation, self.groups)
 
     def back_weight(self, w: torch.Tensor) -> torch.Tensor:
-        """``w`` in the form :meth:`back` wants it (computed once per term)."""
-        return w.transpose(0, 1).flip(-1, -2).contiguous() if self.as_conv else w
+        """``w`` in the form :meth:`back` wants it (once per model for the layer's own
+        weight variants, else once per term)."""
+        if not self.as_conv:
+            return w
+        def flip(t: torch.Tensor) -> torch.Tensor:
+            return t.transpose(0, 1).flip(-1, -2).contiguous()
+        return derived(self.cache, ("back", id(w)), w, flip) if self._cached(w) else flip(w)
 
     def window(self, box: Box) -> Box:
         """The input rows/columns (unclipped) that the outputs in ``box`` read."""
@@ -107,19 +149,23 @@ class WindowOp:
         self.op, self.pads = op, pads
         self.weight, self.bias = op.weight, op.bias
 
+    def part(self, sign: int) -> torch.Tensor:
+        return self.op.part(sign)
+
     def fwd(self, x: torch.Tensor, w: torch.Tensor,
             b: torch.Tensor | None = None) -> torch.Tensor:
         op = self.op
         return F.conv2d(F.pad(x, self.pads), w, b, op.stride, 0, op.dilation, op.groups)
 
 
-class LinearMapOp:
+class LinearMapOp(WeightParts):
     """A fully connected layer ``x Wᵀ + b`` and its transpose."""
 
     onehot_ok = False
 
-    def __init__(self, params: dict) -> None:
+    def __init__(self, params: dict, cache: dict | None = None) -> None:
         self.weight, self.bias = params["weight"], params["bias"]
+        self.cache = cache
 
     def fwd(self, x: torch.Tensor, w: torch.Tensor,
             b: torch.Tensor | None = None) -> torch.Tensor:

@@ -69,6 +69,25 @@ def recip(z: torch.Tensor) -> torch.Tensor:
     return torch.nan_to_num_(torch.reciprocal(z), nan=0.0, posinf=0.0, neginf=0.0)
 
 
+def recip_(z: torch.Tensor) -> torch.Tensor:
+    """:func:`recip` in place, for a ``z`` made for the purpose (no second map)."""
+    return torch.nan_to_num_(z.reciprocal_(), nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def _scaled(c: float, t: torch.Tensor) -> torch.Tensor:
+    """``c · t``, in place (``t`` is a temporary) and skipped for c = 1."""
+    return t if c == 1 else t.mul_(c)
+
+
+def weight_part(op: LinearOp, sign: int) -> torch.Tensor:
+    """W⁺ (``sign`` > 0) or W⁻ of the layer: cached per model by segscope's own ops,
+    computed here for any other :class:`LinearOp`."""
+    part = getattr(op, "part", None)
+    if part is not None:
+        return part(sign)
+    return op.weight.clamp(min=0) if sign > 0 else op.weight.clamp(max=0)
+
+
 def _pos(t: torch.Tensor | None) -> torch.Tensor | None:
     return None if t is None else t.clamp(min=0)
 
@@ -131,21 +150,23 @@ class AlphaBeta(Rule):
 
     def terms(self, x: torch.Tensor, op: LinearOp,
               nonneg: bool | None = None) -> list[Term]:
-        w, b = op.weight, op.bias if self.bias else None
-        wp, wn = w.clamp(min=0), w.clamp(max=0)
+        b = op.bias if self.bias else None
+        wp = weight_part(op, 1)
         if nonneg is None:
             nonneg = bool((x >= 0).all())
         if nonneg:
             # Post-ReLU inputs: z_ij⁺ = x_i w_ij⁺, so one transposed conv per sign.
-            out = [Term(x, self.alpha * recip(op.fwd(x, wp, _pos(b))), wp)]
+            out = [Term(x, _scaled(self.alpha, recip_(op.fwd(x, wp, _pos(b)))), wp)]
             if self.beta:
-                out.append(Term(x, -self.beta * recip(op.fwd(x, wn, _neg(b))), wn))
+                wn = weight_part(op, -1)
+                out.append(Term(x, _scaled(-self.beta, recip_(op.fwd(x, wn, _neg(b)))), wn))
             return out
+        wn = weight_part(op, -1)
         xp, xn = x.clamp(min=0), x.clamp(max=0)
-        sp = self.alpha * recip(op.fwd(xp, wp, _pos(b)) + op.fwd(xn, wn))
+        sp = _scaled(self.alpha, recip_(op.fwd(xp, wp, _pos(b)).add_(op.fwd(xn, wn))))
         out = [Term(xp, sp, wp), Term(xn, sp, wn)]
         if self.beta:
-            sn = -self.beta * recip(op.fwd(xp, wn, _neg(b)) + op.fwd(xn, wp))
+            sn = _scaled(-self.beta, recip_(op.fwd(xp, wn, _neg(b)).add_(op.fwd(xn, wp))))
             out += [Term(xp, sn, wn), Term(xn, sn, wp)]
         return out
 
@@ -185,7 +206,7 @@ class Epsilon(Rule):
               nonneg: bool | None = None) -> list[Term]:
         z = op.fwd(x, op.weight, op.bias if self.bias else None)
         sign = torch.where(z >= 0, 1.0, -1.0).to(z.dtype)
-        return [Term(x, recip(z + self.eps * sign), op.weight)]
+        return [Term(x, recip_(z.add_(sign.mul_(self.eps))), op.weight)]
 
 
 @dataclass(frozen=True)
@@ -212,7 +233,7 @@ class Gamma(Rule):
         b = None
         if self.bias and op.bias is not None:
             b = op.bias + self.gamma * op.bias.clamp(min=0)
-        return [Term(x, recip(op.fwd(x, w, b)), w)]
+        return [Term(x, recip_(op.fwd(x, w, b)), w)]
 
 
 @dataclass(frozen=True)
@@ -226,7 +247,7 @@ class Flat(Rule):
     def terms(self, x: torch.Tensor, op: LinearOp,
               nonneg: bool | None = None) -> list[Term]:
         ones = torch.ones_like(op.weight)
-        return [Term(None, recip(op.fwd(torch.ones_like(x), ones)), ones)]
+        return [Term(None, recip_(op.fwd(torch.ones_like(x), ones)), ones)]
 
 
 @dataclass(frozen=True)
@@ -240,7 +261,7 @@ class WSquare(Rule):
     def terms(self, x: torch.Tensor, op: LinearOp,
               nonneg: bool | None = None) -> list[Term]:
         w2 = op.weight * op.weight
-        return [Term(None, recip(op.fwd(torch.ones_like(x), w2)), w2)]
+        return [Term(None, recip_(op.fwd(torch.ones_like(x), w2)), w2)]
 
 
 @dataclass(frozen=True)
@@ -263,10 +284,9 @@ class ZBox(Rule):
     def terms(self, x: torch.Tensor, op: LinearOp,
               nonneg: bool | None = None) -> list[Term]:
         w = op.weight
-        wp, wn = w.clamp(min=0), w.clamp(max=0)
+        wp, wn = weight_part(op, 1), weight_part(op, -1)
         lo, hi = _bound(self.low, x), _bound(self.high, x)
-        z = op.fwd(x, w) - op.fwd(lo, wp) - op.fwd(hi, wn)
-        s = recip(z)
+        s = recip_(op.fwd(x, w).sub_(op.fwd(lo, wp)).sub_(op.fwd(hi, wn)))
         return [Term(x, s, w), Term(-lo, s, wp), Term(-hi, s, wn)]
 
 
@@ -306,7 +326,7 @@ class Proportional(SplitRule):
 
     def split(self, parts: Sequence[torch.Tensor], r: torch.Tensor) -> list[torch.Tensor]:
         a, b = parts
-        share = r * recip(a + b)
+        share = r * recip_(a + b)
         return [share * a, share * b]
 
 

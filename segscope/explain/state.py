@@ -11,6 +11,7 @@ stay cached in it.
 from __future__ import annotations
 
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,9 +20,9 @@ from torch import nn
 
 from ..checkpoint import unwrap
 from .boxes import Box
-from .checks import check_image, check_scores, model_device_dtype
+from .checks import check_image, check_images, check_scores, model_device_dtype
 from .graph import Graph, build_graph
-from .nodes import NodeKind, Weighted, node_kind
+from .nodes import NodeKind, ReLU, Weighted, node_kind
 from .rules import RuleLike, RuleSpec, parse_rules, resolve_rules
 
 
@@ -38,11 +39,12 @@ class ForwardState:
     graph
         The model's node list.
     image
-        (3,H,W) on the model's device, in its dtype.
+        (3,H,W) on the model's device, in its dtype; (N,3,H,W) for a batch of images
+        (:func:`forward_batch`).
     scores
-        (K,H,W) or (K,) output scores.
+        (K,H,W) or (K,) output scores; (N,K,...) for a batch.
     shapes
-        Each node's output shape (with the batch dimension 1).
+        Each node's output shape (with the batch dimension: 1, or N for a batch).
     kinds
         One :class:`~.nodes.NodeKind` per node, with its rule and forward values.
     rule_spec
@@ -50,6 +52,11 @@ class ForwardState:
     stats
         How many relevance steps ran on a box only, per kind (``"conv boxed"``,
         ``"maxpool boxed"``): shows the restricted sweep at work.
+    batched
+        Whether the state holds a batch of images (:func:`forward_batch`).
+    released
+        Whether a sweep has dropped the forward values (``lrp_batch(release=True)``):
+        the state cannot be explained again.
     """
 
     graph: Graph
@@ -61,10 +68,17 @@ class ForwardState:
     nonneg: list[bool] = field(default_factory=list)  # node output known to be >= 0
     model_ref: Any = None
     stats: dict[str, int] = field(default_factory=dict)
+    batched: bool = False
+    released: bool = False  # a sweep with release=True dropped its forward values
 
     @property
     def device(self) -> torch.device:
         return self.image.device
+
+    @property
+    def images(self) -> int:
+        """How many images the state holds (1 unless it is a batch)."""
+        return int(self.image.shape[0]) if self.batched else 1
 
     @property
     def rule_name(self) -> str:
@@ -95,9 +109,26 @@ def forward_state(
 
     ``rule`` is anything :func:`~.rules.parse_rules` accepts.
     """
+    return _run(model, check_image(image), rule, graph, batched=False)
+
+
+def forward_batch(
+    model: nn.Module, images: torch.Tensor | Sequence[torch.Tensor],
+    rule: RuleLike = "alpha1beta0", graph: Graph | None = None,
+) -> ForwardState:
+    """:func:`forward_state` of a batch of images of one size, in one forward pass.
+
+    ``images`` is (N,3,H,W) or a sequence of (3,H,W). The state is the batch's (its
+    ``image`` is (N,3,H,W), its ``scores`` (N,K,...)); :func:`~.relevance.lrp_batch`
+    explains one concept per image on it in one sweep.
+    """
+    return _run(model, check_images(images), rule, graph, batched=True)
+
+
+def _run(model: nn.Module, image: torch.Tensor, rule: RuleLike, graph: Graph | None,
+         batched: bool) -> ForwardState:
     spec = parse_rules(rule)
     model = unwrap(model)
-    image = check_image(image)
     device, dtype = model_device_dtype(model)
     graph = graph if graph is not None else build_graph(model)
     nodes = graph.nodes
@@ -106,7 +137,7 @@ def forward_state(
     for i, rule_ in resolve_rules(spec, ruled, graph.layers, graph.first).items():
         kinds[i].rule = rule_
     x0 = image.to(device=device, dtype=dtype)
-    state = ForwardState(graph, x0, x0, [], kinds, spec)
+    state = ForwardState(graph, x0, x0, [], kinds, spec, batched=batched)
     try:
         state.model_ref = weakref.ref(model)
     except TypeError:  # pragma: no cover
@@ -115,6 +146,10 @@ def forward_state(
     for n in nodes:
         for j in n.inputs:
             remaining[j] += 1
+    for kind in kinds:
+        if isinstance(kind, ReLU):
+            (j,) = kind.inputs
+            kind.overwrite = kinds[j].new_output and remaining[j] == 1 and j != graph.output
     outs: list[Any] = [None] * len(nodes)
     with torch.no_grad():
         for i, kind in enumerate(kinds):
@@ -125,5 +160,6 @@ def forward_state(
                 remaining[j] -= 1
                 if remaining[j] == 0 and j != graph.output:
                     outs[j] = None  # the node objects keep what the sweep needs
-    state.scores = check_scores(outs[graph.output][0])
+    scores = outs[graph.output]
+    state.scores = check_scores(scores if batched else scores[0])
     return state

@@ -116,13 +116,22 @@ class SweepResult:
 
 def sweep(state: ForwardState, start: dict[int, Relevance],
           keep: dict[int, Callable[[Relevance], None]] | None = None,
-          absorbed: bool = True, work: dict | None = None) -> SweepResult:
+          absorbed: bool = True, work: dict | None = None,
+          release: bool = False) -> SweepResult:
     """Propagate relevance from ``start`` {node: (B,...) relevance} down to the input.
 
     ``keep`` {node: callback(R)} receives the relevance at each kept node's output (a
     tensor, :class:`~.sparse.OneHot` or :class:`~.sparse.Boxed`; it must not modify it).
     ``work`` is a dict of scratch buffers that the chunks of one call share.
+    ``release``: the state is explained once; each node drops what its step needed as
+    soon as the sweep has passed it (:meth:`~.nodes.NodeKind.release`), so the memory of
+    the layers already swept serves the next ones, and the denominators are computed on
+    the box only, however large (nothing would reuse them on the whole map).
     """
+    if state.released:
+        raise SegscopeError("this forward state was already explained with release=True "
+                            "(its forward values are gone); make a new one")
+    state.released = release
     options = _OPTIONS.get()
     kinds = state.kinds
     keep = keep or {}
@@ -132,6 +141,8 @@ def sweep(state: ForwardState, start: dict[int, Relevance],
     dropped = torch.zeros(batch, device=state.device, dtype=state.image.dtype)
     result = None
     boxes = support_boxes(state, start) if options.boxed else {}
+    # a state explained once keeps no denominators for later calls: on the box only
+    full_share = math.inf if release else options.full_share
     # nodes whose relevance tensor the sweep made itself, so that it may overwrite it
     # (the start belongs to the caller, a kept tensor to the keep callback)
     fresh: set[int] = set()
@@ -151,8 +162,10 @@ def sweep(state: ForwardState, start: dict[int, Relevance],
         if out is not None:
             dropped += out
         before = total(r) if absorbed and kind.absorbs else None
-        step = Step(boxes, i in fresh, work, options.full_share, state.stats)
+        step = Step(boxes, i in fresh, work, full_share, state.stats)
         back = kind.backward(state, r, step)
+        if release:
+            kind.release()
         if before is not None:
             lost[kind.name] = before - sum(total(rj) for _, rj in back)
         for j, rj in back:
