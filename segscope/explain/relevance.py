@@ -390,6 +390,7 @@ def _explain(state: ForwardState, concepts: list[Concept], initial: torch.Tensor
                 d = dense(r)
                 for name in node_names:
                     store[name][lo:hi] = d.to("cpu", dtype_keep)
+            save.holds = False  # copies into the store: the sweep may overwrite r
             return save
 
         with torch.no_grad():

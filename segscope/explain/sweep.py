@@ -121,7 +121,9 @@ def sweep(state: ForwardState, start: dict[int, Relevance],
     """Propagate relevance from ``start`` {node: (B,...) relevance} down to the input.
 
     ``keep`` {node: callback(R)} receives the relevance at each kept node's output (a
-    tensor, :class:`~.sparse.OneHot` or :class:`~.sparse.Boxed`; it must not modify it).
+    tensor, :class:`~.sparse.OneHot` or :class:`~.sparse.Boxed`; it must not modify it;
+    a callback with ``holds = False`` keeps no reference to it, so that the next step
+    may overwrite it).
     ``work`` is a dict of scratch buffers that the chunks of one call share.
     ``release``: the state is explained once; each node drops what its step needed as
     soon as the sweep has passed it (:meth:`~.nodes.NodeKind.release`), so the memory of
@@ -152,7 +154,7 @@ def sweep(state: ForwardState, start: dict[int, Relevance],
         r = acc.pop(i)
         if i in keep:
             keep[i](r)
-            if torch.is_tensor(r):
+            if torch.is_tensor(r) and getattr(keep[i], "holds", True):
                 fresh.discard(i)
         kind = kinds[i]
         if kind.is_input:
