@@ -279,9 +279,7 @@ class Conv(Weighted):
 
     def terms(self, state, box, full_share):
         cached = self.cached
-        size = math.prod(state.shapes[self.index][-2:])
-        # the whole map as a box would only cost a copy of the input window
-        whole = min(full_share * size, size)
+        whole = full_share * math.prod(state.shapes[self.index][-2:])
         if box is not None and area(box) >= whole:
             box = None
         if cached is not None:

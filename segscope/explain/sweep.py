@@ -128,7 +128,7 @@ def sweep(state: ForwardState, start: dict[int, Relevance],
     ``release``: the state is explained once; each node drops what its step needed as
     soon as the sweep has passed it (:meth:`~.nodes.NodeKind.release`), so the memory of
     the layers already swept serves the next ones, and the denominators are computed on
-    the box only, however large (nothing would reuse them on the whole map).
+    the box only unless it is the whole map (nothing would reuse them there).
     """
     if state.released:
         raise SegscopeError("this forward state was already explained with release=True "
@@ -143,8 +143,9 @@ def sweep(state: ForwardState, start: dict[int, Relevance],
     dropped = torch.zeros(batch, device=state.device, dtype=state.image.dtype)
     result = None
     boxes = support_boxes(state, start) if options.boxed else {}
-    # a state explained once keeps no denominators for later calls: on the box only
-    full_share = math.inf if release else options.full_share
+    # a state explained once keeps no denominators for later calls: on the box only,
+    # unless the box is the whole map (a window of it would only cost a copy)
+    full_share = 1.0 if release else options.full_share
     # nodes whose relevance tensor the sweep made itself, so that it may overwrite it
     # (the start belongs to the caller, a kept tensor to the keep callback)
     fresh: set[int] = set()
