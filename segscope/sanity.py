@@ -204,12 +204,14 @@ def cascading_randomisation(
 
 def flag_unchanged(spearman_curves: Mapping[str, np.ndarray],
                    threshold: float = FLAG_SPEARMAN) -> list[str]:
-    """Methods whose map still correlates with the trained model's (Spearman ≥ threshold)
-    once every layer is random: their maps do not depend on what the network learned."""
+    """Methods whose map still correlates with the trained model's (|Spearman| ≥
+    threshold) once every layer is random: their maps do not depend on what the network
+    learned. The magnitude counts (Adebayo et al. 2018 report it too): a map that turns
+    into the negative of the trained one keeps the image's structure, only inverted."""
     flagged = []
     for m, curve in spearman_curves.items():
         last = np.asarray(curve, dtype=np.float64)
-        last = last[..., -1] if last.ndim else last
+        last = np.abs(last[..., -1] if last.ndim else last)
         value = float(np.nanmean(last)) if np.any(np.isfinite(last)) else float("nan")
         if value >= threshold:
             flagged.append(m)

@@ -176,6 +176,10 @@ def test_sanity_check_flags_the_edge_map(tiny_segnet):
     np.testing.assert_allclose(res.ssim["edge"], 1.0)
     assert res.spearman["sensitivity"][-1] < 0.5
     assert flag_unchanged(res.spearman) == ["edge"]
+    # the magnitude counts: a map that turns into the trained one's negative is flagged
+    assert flag_unchanged({"inverted": np.array([0.2, -0.9]), "noise": np.array([0.3, 0.1]),
+                           "two_images": np.array([[0.0, -0.6], [0.0, 0.5]])}) == \
+        ["inverted", "two_images"]
     # the trained model is untouched
     assert torch.equal(explain(tiny_segnet, "sensitivity"), explain(tiny_segnet, "sensitivity"))
 
