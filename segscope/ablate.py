@@ -325,6 +325,8 @@ def run_ablation(config: AblationConfig, log: Callable[[str], None] | None = Non
     log = log or (lambda s: None)
     settings = ablation_settings(config)
     real = _open_real(config)
+    if config.real_split is None:  # the split the reader chose (val, else the only one)
+        config = dataclasses.replace(config, real_split=getattr(real, "split", None))
     if config.real_size is None:  # real images at the training width, their own aspect
         from .checkpoint import at_training_scale
 
@@ -510,7 +512,7 @@ def report_html(summary: dict[str, Any], folder: Path) -> str:
         folder_word="ablation")
     return render_page(
         "ablation.html.j2", preset=str(summary["preset"]), c=summary["config"],
-        real=str(summary["real"]), real_split=str(summary["real_split"]),
+        real=str(summary["real"]), real_split=summary["real_split"],
         created=summary["created"], chart=chart_figure, table=table,
         ranked=[(r["setting"], f"{r['delta_to_all_on']:+.3f}") for r in ranked],
         fingerprints=[r["fingerprint"]["report"] for r in rows
