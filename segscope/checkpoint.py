@@ -191,7 +191,7 @@ def training_size(meta: Any) -> tuple[int, int] | None:
     if not isinstance(meta, dict):
         return None
     config = meta.get("train_config")
-    for size in ((config or {}).get("size") if isinstance(config, dict) else None,
+    for size in (config.get("size") if isinstance(config, dict) else None,
                  meta.get("image_size")):
         if isinstance(size, list | tuple) and len(size) == 2 and all(
                 isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size):

@@ -318,28 +318,25 @@ def fit_failure_model(ref: Reference, calibration: Fingerprints,
     if np.ptp(y) <= 1e-9:
         raise SegscopeError("every calibration image has the same IoU: nothing to learn a "
                             "failure score from (more varied synthetic data?)")
-    names = MODEL_FEATURES
-    mean, scale = x.mean(0), x.std(0)
-    scale = np.where(scale > 1e-12, scale, 1.0)
-    z = (x - mean) / scale
     held_out: dict[str, float] = {}
     if groups is not None:
         g = np.asarray(groups)[ok]
-        labels = list(group_names) if group_names is not None else \
-            [str(v) for v in np.unique(g)]
         for v in np.unique(g):
             test = g == v
             if test.sum() < 3 or (~test).sum() < MIN_CALIBRATION or np.ptp(y[~test]) <= 1e-9:
                 continue
-            zt = z[~test]
-            mu, sd = zt.mean(0), zt.std(0)
-            sd = np.where(sd > 1e-12, sd, 1.0)
-            w = _ridge((zt - mu) / sd, y[~test])
-            pred = (((z[test] - mu) / sd) @ w.T).mean(1)
-            held_out[labels[int(v)] if group_names is not None else str(v)] = \
-                float(spearman(pred, y[test]))
-    return FailureModel(names, mean, scale, _ridge(z, y), float(y.mean()), int(ok.sum()),
-                        held_out)
+            name = group_names[int(v)] if group_names is not None else str(v)
+            without = _fit(x[~test], y[~test], held_out={})
+            held_out[name] = float(spearman(without.predict(x[test]), y[test]))
+    return _fit(x, y, held_out)
+
+
+def _fit(x: np.ndarray, y: np.ndarray, held_out: dict[str, float]) -> FailureModel:
+    """The :class:`FailureModel` of feature rows ``x`` and IoUs ``y``."""
+    mean, scale = x.mean(0), x.std(0)
+    scale = np.where(scale > 1e-12, scale, 1.0)
+    return FailureModel(MODEL_FEATURES, mean, scale, _ridge((x - mean) / scale, y),
+                        float(y.mean()), len(y), held_out)
 
 
 def layer_divergence(ref: Reference, fps: Fingerprints) -> np.ndarray:

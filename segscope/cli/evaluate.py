@@ -67,10 +67,11 @@ def evaluate(checkpoint, data, split, data_kind, id_map, size, limit, batch_size
             f"({', '.join(ROAD3)})")
     size = parse_size(size, MAX_SIDE) if size else None
     scale_note = None
-    if size is None and training_size(meta) is not None:
+    trained = training_size(meta)
+    if size is None and trained is not None:
         probe = open_dataset(data, split=split, limit=1, kind=data_kind, id_map=id_map)
         if len(probe):
-            size = at_training_scale(tuple(probe[0][0].shape[-2:]), training_size(meta))
+            size = at_training_scale(tuple(probe[0][0].shape[-2:]), trained)
             scale_note = (f"scored at {size[0]}x{size[1]}, the scale the model was trained "
                           "on (--size HxW to change)")
     dataset = open_dataset(data, split=split, size=size, limit=limit, kind=data_kind,
