@@ -328,10 +328,10 @@ def run_ablation(config: AblationConfig, log: Callable[[str], None] | None = Non
     if config.real_split is None:  # the split the reader chose (val, else the only one)
         config = dataclasses.replace(config, real_split=getattr(real, "split", None))
     if config.real_size is None:  # real images at the training width, their own aspect
-        from .checkpoint import at_training_scale
+        from .checkpoint import dataset_at_training_scale
 
-        config = dataclasses.replace(config, real_size=at_training_scale(
-            tuple(real[0][0].shape[-2:]), tuple(config.size)))
+        config = dataclasses.replace(config, real_size=dataset_at_training_scale(
+            real, tuple(config.size)))
         real = _open_real(config)
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))

@@ -210,6 +210,18 @@ def at_training_scale(image_size: tuple[int, int], trained: tuple[int, int] | No
     return max(32, round(h * trained[1] / w)), int(trained[1])
 
 
+def dataset_at_training_scale(dataset: Any, trained: tuple[int, int] | None
+                              ) -> tuple[int, int] | None:
+    """:func:`at_training_scale` for the images of ``dataset`` (indexable, items starting
+    with a (3, H, W) image), from its first image: a dataset is shown at one size. The
+    training size itself for an empty dataset; None when the training size is unknown."""
+    if trained is None:
+        return None
+    if len(dataset) == 0:
+        return tuple(trained)
+    return at_training_scale(tuple(dataset[0][0].shape[-2:]), tuple(trained))
+
+
 def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"):
     """Read a model written by :func:`save_model`; returns ``(model, meta)``.
 

@@ -125,6 +125,7 @@ def open_synthetic(spec: str, size: tuple[int, int] | None = None,
             raise SegscopeError(f"{option} {text} is not a segscope synth folder (it has no "
                                 "manifest.json); use synthetic:N[:PRESET[:SEED]] or such a folder")
         data = LabelFolder.synth(root, size=size, limit=limit)
+        text = str(root.resolve())  # recorded as an absolute path: it names the folder anywhere
     else:
         data = open_dataset(text, size=size, limit=limit)
     n = len(data)
@@ -192,15 +193,13 @@ def training_sizes(meta: Any, real: str | os.PathLike, split: str | None = None,
     ratio (as the demo scores them), and synthetic scenes rendered at that same size, so
     that no fingerprint distance comes from a difference in image shape. (None, None)
     when the checkpoint metadata ``meta`` does not say how it was trained."""
-    from .checkpoint import at_training_scale, training_size
+    from .checkpoint import dataset_at_training_scale, training_size
 
     trained = training_size(meta)
     if trained is None:
         return None, None
     probe = open_real(real, split=split, kind=kind, id_map=id_map, limit=1)
-    if len(probe) == 0:
-        return trained, trained
-    scaled = at_training_scale(tuple(probe.dataset[0][0].shape[-2:]), trained)
+    scaled = dataset_at_training_scale(probe.dataset, trained)
     return scaled, scaled
 
 

@@ -203,10 +203,12 @@ def render_report(summary: dict[str, Any], folder: Path) -> str:
             f"label was used. Share of its weight on the relevance fingerprint's distance "
             f"(fv_knn): {imp['fv_knn']:.0%}; on the other signals: "
             + ", ".join(f"{k} {v:.0%}" for k, v in imp.items() if k != "fv_knn") + ".")
-        if fm.get("held_out"):
+        if fm.get("held_out") or fm.get("held_out_skipped"):
             model_table = RenderedTable(
                 ["calibration set left out", "Spearman of the prediction with its IoU"],
-                [[k, _f(v)] for k, v in fm["held_out"].items()])
+                [[k, _f(v)] for k, v in fm.get("held_out", {}).items()]
+                + [[k, f"not checked: {why}"]
+                   for k, why in fm.get("held_out_skipped", {}).items()])
     else:
         model_text = (f"The failure score is the plain relevance fingerprint distance "
                       f"({summary['failure_score']}): {fm.get('skipped', 'no calibration')}.")

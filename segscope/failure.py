@@ -29,7 +29,7 @@ baseline, all oriented by :data:`DIRECTION`:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -255,6 +255,9 @@ class FailureModel:
     held_out
         {set name: Spearman of the prediction with IoU on that set when the model is
         fitted without it} — a label-free hint of how well it carries to a new domain.
+    held_out_skipped
+        {set name: why that set has no held-out check} (too few images in it or in the
+        rest, or IoUs that do not vary), so that no set drops out of the table unsaid.
     """
 
     features: tuple[str, ...]
@@ -264,6 +267,7 @@ class FailureModel:
     intercept: float
     n_images: int
     held_out: dict[str, float]
+    held_out_skipped: dict[str, str] = field(default_factory=dict)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """(N,) predicted IoU of feature rows ``x`` (N, F)."""
@@ -280,7 +284,7 @@ class FailureModel:
         return {"features": list(self.features), "penalties": list(RIDGE_PENALTIES),
                 "weights": self.weights.mean(0).tolist(), "intercept": self.intercept,
                 "n_images": self.n_images, "held_out": self.held_out,
-                "importance": self.importance()}
+                "held_out_skipped": self.held_out_skipped, "importance": self.importance()}
 
 
 def _ridge(z: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -319,24 +323,43 @@ def fit_failure_model(ref: Reference, calibration: Fingerprints,
         raise SegscopeError("every calibration image has the same IoU: nothing to learn a "
                             "failure score from (more varied synthetic data?)")
     held_out: dict[str, float] = {}
+    skipped: dict[str, str] = {}
     if groups is not None:
-        g = np.asarray(groups)[ok]
-        for v in np.unique(g):
-            test = g == v
-            if test.sum() < 3 or (~test).sum() < MIN_CALIBRATION or np.ptp(y[~test]) <= 1e-9:
-                continue
+        g_all = np.asarray(groups)
+        g = g_all[ok]
+        for v in np.unique(g_all):
             name = group_names[int(v)] if group_names is not None else str(v)
+            test = g == v
+            reason = _why_no_held_out(test, y)
+            if reason:
+                skipped[name] = reason
+                continue
             without = _fit(x[~test], y[~test], held_out={})
             held_out[name] = float(spearman(without.predict(x[test]), y[test]))
-    return _fit(x, y, held_out)
+    return _fit(x, y, held_out, skipped)
 
 
-def _fit(x: np.ndarray, y: np.ndarray, held_out: dict[str, float]) -> FailureModel:
+def _why_no_held_out(test: np.ndarray, y: np.ndarray) -> str | None:
+    """Why the set ``test`` (a mask over the usable calibration images with IoUs ``y``)
+    cannot be held out, or None when it can."""
+    if test.sum() < 3:
+        return (f"{int(test.sum())} usable image(s) in it (labelled, concept predicted); "
+                "a held-out check needs 3")
+    if (~test).sum() < MIN_CALIBRATION:
+        return (f"{int((~test).sum())} usable image(s) in the other sets; a model fitted "
+                f"without it needs {MIN_CALIBRATION}")
+    if np.ptp(y[~test]) <= 1e-9:
+        return "the other sets' images all have the same IoU"
+    return None
+
+
+def _fit(x: np.ndarray, y: np.ndarray, held_out: dict[str, float],
+         held_out_skipped: dict[str, str] | None = None) -> FailureModel:
     """The :class:`FailureModel` of feature rows ``x`` and IoUs ``y``."""
     mean, scale = x.mean(0), x.std(0)
     scale = np.where(scale > 1e-12, scale, 1.0)
     return FailureModel(MODEL_FEATURES, mean, scale, _ridge((x - mean) / scale, y),
-                        float(y.mean()), len(y), held_out)
+                        float(y.mean()), len(y), held_out, dict(held_out_skipped or {}))
 
 
 def layer_divergence(ref: Reference, fps: Fingerprints) -> np.ndarray:

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._io import write_json, write_text
-from .checkpoint import at_training_scale, training_size
+from .checkpoint import dataset_at_training_scale, training_size
 from .errors import SegscopeError
 from .explain import METHODS, Concept, attribute, parse_rules
 from .perturbation import (
@@ -542,10 +542,7 @@ def _real_size(size: tuple[int, int] | None, spec: Any) -> tuple[int, int] | Non
         return None
     from .data.real import open_dataset
 
-    probe = open_dataset(spec, limit=1)
-    if len(probe) == 0:
-        return size
-    return at_training_scale(tuple(probe[0][0].shape[-2:]), size)
+    return dataset_at_training_scale(open_dataset(spec, limit=1), size)
 
 
 def _item_name(data: Any, i: int) -> str:

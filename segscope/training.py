@@ -358,14 +358,20 @@ def _optimizer_from_flat(opt: torch.optim.Optimizer, tensors: dict[str, torch.Te
 
 
 def save_training_state(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-                        progress: dict[str, Any]) -> None:
+                        progress: dict[str, Any], image_size: list[int] | None = None) -> None:
     """Write ``out/checkpoint.safetensors``: the model and the whole training state in
-    one file, replaced in one atomic rename (a kill leaves the old or the new one)."""
+    one file, replaced in one atomic rename (a kill leaves the old or the new one).
+
+    ``image_size`` (H, W of the training images, when known) is recorded as in the
+    model files, so that a checkpoint given to a later command is also shown images at
+    the scale it was trained on."""
     opt_tensors, opt_info = _optimizer_to_flat(optimizer)
     rng_tensors, rng_info = _rng_state()
     header = {**progress, "optimizer": opt_info, "rng": rng_info}
-    write_model_file(unwrap(model), out / CHECKPOINT,
-                     {"kind": "checkpoint", "step": progress["step"]},
+    meta = {"kind": "checkpoint", "step": progress["step"]}
+    if image_size:
+        meta["image_size"] = list(image_size)
+    write_model_file(unwrap(model), out / CHECKPOINT, meta,
                      extra_tensors={**opt_tensors, **rng_tensors},
                      extra_metadata={STATE_KEY: json.dumps(header)})
 
@@ -866,13 +872,16 @@ def _run(config: TrainConfig, d: _Dist, out: Path, header: dict | None,
                 "val_metrics": val_metrics, "class_weights": weights.tolist(),
                 "config": config.to_json(), "total_steps": total}
 
+    # recorded in the model files and checkpoints: later commands show images at this scale
+    image_size = list(config.size) if config.size else None
+
     def checkpoint() -> None:
         if not bool(torch.isfinite(loss_sum)):
             raise SegscopeError(
                 f"training diverged: the loss is not finite at step {step}; lower --lr "
                 f"(the last good checkpoint in {out} is kept)")
         if d.main:
-            save_training_state(out, model, optimizer, progress())
+            save_training_state(out, model, optimizer, progress(), image_size)
         _barrier(d)
 
     def validate() -> dict:
@@ -886,14 +895,12 @@ def _run(config: TrainConfig, d: _Dist, out: Path, header: dict | None,
                disable=config.quiet or not d.main or not sys.stderr.isatty())
     interrupted = False
     best_path = out / "best.safetensors" if val_set is not None else None
-    image_size = list(config.size) if config.size else None
     try:
         with _Interrupt() as stop:
             while step < total:
                 sampler.set_epoch(epoch)
                 sampler.start = in_epoch * config.batch_size
                 for images, labels in loader:
-                    # recorded in the model files: later commands show images at this scale
                     image_size = [int(v) for v in images.shape[-2:]]
                     for group in optimizer.param_groups:
                         group["lr"] = learning_rate(config, step, total)

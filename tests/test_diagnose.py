@@ -163,6 +163,13 @@ def test_failure_model_learns_from_calibration_only():
     assert model.importance()["fv_knn"] > 0.5
     assert set(model.held_out) == {"p0", "p1", "p2"}
     assert min(model.held_out.values()) > 0.9  # each set's ranking from the other two
+    assert model.held_out_skipped == {}
+    # a set too small to be held out is named with the reason, not left out unsaid
+    small = fit_failure_model(ref, calib.take(np.arange(22)), np.repeat([0, 1, 2], [10, 10, 2]),
+                              ["p0", "p1", "p2"])
+    assert set(small.held_out) == {"p0", "p1"} and set(small.held_out_skipped) == {"p2"}
+    assert "2 usable image(s) in it" in small.held_out_skipped["p2"]
+    assert small.as_dict()["held_out_skipped"] == small.held_out_skipped
     # new images (without labels): failure score = 1 - predicted IoU, ranked by the move
     new, t = _calibration(15, layout, seed=2)
     new.scalars[:, SCALARS.index("iou")] = np.nan
@@ -417,3 +424,13 @@ def test_demo_real_adds_a_diagnosis(tmp_path):
     assert Path(d["report"]).is_file()
     rows = _read_csv(Path(d["folder"]) / "images.csv")
     assert sum(r["dataset"] == "real" for r in rows) == 3
+
+
+def test_synth_folder_reference_is_recorded_as_an_absolute_path(tmp_path, monkeypatch):
+    from segscope.data.synth_folder import write_dataset
+    from segscope.data.synthetic import SyntheticRoads
+
+    write_dataset(SyntheticRoads(2, size=(32, 48), seed=4), tmp_path / "ref")
+    monkeypatch.chdir(tmp_path)
+    src = open_synthetic("ref", option="--calibration")
+    assert src.spec == str((tmp_path / "ref").resolve()) and len(src) == 2

@@ -196,6 +196,13 @@ def test_training_scale_hand_values():
     assert at_training_scale((720, 960), (128, 192)) == (144, 192)
     assert at_training_scale((10, 480), (128, 192)) == (32, 192)  # never below 32
     assert at_training_scale((360, 480), None) is None
+    # a dataset: from its first image (a dataset is shown at one size)
+    from segscope.checkpoint import dataset_at_training_scale
+
+    data = [(torch.zeros(3, 360, 480), None), (torch.zeros(3, 100, 100), None)]
+    assert dataset_at_training_scale(data, (128, 192)) == (144, 192)
+    assert dataset_at_training_scale([], (128, 192)) == (128, 192)
+    assert dataset_at_training_scale(data, None) is None
 
 
 def test_evaluate_scores_at_the_training_scale(tiny_segnet, tmp_path, capsys):

@@ -271,6 +271,9 @@ def test_train_cli_writes_outputs_and_guards_resume(tmp_path, capsys):
     assert meta["step"] == 3 and model.width == 0.0625
     # the size of the training images is recorded (later commands show images at it)
     assert meta["image_size"] == [32, 48] and training_size(meta) == (32, 48)
+    # so does the resumable checkpoint, which a later command may be given instead
+    _, ckpt_meta = load_model(out / "checkpoint.safetensors")
+    assert ckpt_meta["kind"] == "checkpoint" and training_size(ckpt_meta) == (32, 48)
     # CamVid has no markings: validation is on the road surface
     assert set(meta["val_metrics"]["iou"]) == {"background", "road surface"}
     capsys.readouterr()

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from .._io import write_text
-from ..checkpoint import at_training_scale, training_size
+from ..checkpoint import dataset_at_training_scale, training_size
 from ..errors import SegscopeError
 
 if TYPE_CHECKING:
@@ -260,7 +260,7 @@ class StudyContext:
             cfg.size = trained
             if cfg.real_size is None and real is not None:
                 probe = open_real(real, cfg.split, None, 1, real_kind, id_map)[0]
-                cfg.real_size = at_training_scale(tuple(probe[0][0].shape[-2:]), trained)
+                cfg.real_size = dataset_at_training_scale(probe, trained)
             cfg.real_size = cfg.real_size or cfg.size
         model = model.to(device).eval()
         _check_names(model, cfg)

@@ -47,7 +47,7 @@ def evaluate(checkpoint, data, split, data_kind, id_map, size, limit, batch_size
     from pathlib import Path
 
     from .._io import write_json
-    from ..checkpoint import at_training_scale, load_model, training_size
+    from ..checkpoint import dataset_at_training_scale, load_model, training_size
     from ..data.classes import ROAD3
     from ..data.real import open_dataset
     from ..errors import SegscopeError
@@ -71,7 +71,7 @@ def evaluate(checkpoint, data, split, data_kind, id_map, size, limit, batch_size
     if size is None and trained is not None:
         probe = open_dataset(data, split=split, limit=1, kind=data_kind, id_map=id_map)
         if len(probe):
-            size = at_training_scale(tuple(probe[0][0].shape[-2:]), trained)
+            size = dataset_at_training_scale(probe, trained)
             scale_note = (f"scored at {size[0]}x{size[1]}, the scale the model was trained "
                           "on (--size HxW to change)")
     dataset = open_dataset(data, split=split, size=size, limit=limit, kind=data_kind,
