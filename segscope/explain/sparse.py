@@ -134,11 +134,15 @@ def support(r: Any) -> Box | None:
     return (int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1)
 
 
+def empty(shape: Sequence[int], like: torch.Tensor) -> torch.Tensor:
+    """An uninitialised tensor of ``shape`` in the sweep's layout (channels-last for maps)."""
+    fmt = LAYOUT if len(shape) == 4 else torch.contiguous_format
+    return torch.empty(tuple(shape), dtype=like.dtype, device=like.device, memory_format=fmt)
+
+
 def zeros(shape: Sequence[int], like: torch.Tensor) -> torch.Tensor:
     """Zeros of ``shape`` in the sweep's layout (channels-last for maps)."""
-    fmt = LAYOUT if len(shape) == 4 else torch.contiguous_format
-    out = torch.empty(tuple(shape), dtype=like.dtype, device=like.device, memory_format=fmt)
-    return out.zero_()
+    return empty(shape, like).zero_()
 
 
 def flat(t: torch.Tensor) -> torch.Tensor:
@@ -156,9 +160,9 @@ def buffer(work: dict | None, key: Any, shape: Sequence[int],
     next chunk; the sweep consumes it before that.
     """
     if work is None:
-        return zeros(shape, like).detach()
+        return empty(shape, like).detach()
     buf = work.get(key)
     if buf is None or tuple(buf.shape[1:]) != tuple(shape[1:]) or buf.shape[0] < shape[0] \
             or buf.dtype != like.dtype:
-        buf = work[key] = zeros(shape, like)
+        buf = work[key] = empty(shape, like)
     return buf[: shape[0]]
