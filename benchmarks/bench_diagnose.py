@@ -7,7 +7,10 @@ against a plain forward pass over the same batches, in the same run (target: <= 
     python benchmarks/bench_diagnose.py --width 0.25 --images 8 --rounds 3
 
 ``--clock cpu`` times the CPU the process used instead of the wall clock: with
-``--threads 1`` other processes on a shared machine do not inflate it.
+``--threads 1`` other processes on a shared machine do not inflate it. Both sides run with
+the allocator setting every ``segscope`` command uses (``--allocator keep``,
+:func:`segscope.allocator.keep_freed_memory`); ``--allocator system`` keeps glibc's
+defaults, under which both sides page-fault their large maps afresh every pass.
 
 The model is untrained and the concept is the class it predicts most: pixels all over
 the image, so the sweep cannot skip any part of a map (a trained model's road, in the
@@ -24,6 +27,7 @@ import time
 import torch
 
 from segscope import SegNet
+from segscope.allocator import keep_freed_memory
 from segscope.data import SyntheticRoads
 from segscope.explain.graph import build_graph
 from segscope.fingerprint import RELEVANCE_KEEP, image_fingerprints, layout_of
@@ -40,7 +44,10 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                    help="wall clock, or the CPU time of the process (CPU only)")
+    p.add_argument("--allocator", choices=("keep", "system"), default="keep",
+                   help="keep freed memory as the segscope command does, or glibc's defaults")
     args = p.parse_args()
+    kept = args.allocator == "keep" and keep_freed_memory()
     if args.clock == "cpu" and args.device != "cpu":
         p.error("--clock cpu times CPU work; use the wall clock on a GPU")
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
@@ -89,7 +96,8 @@ def main() -> None:
     print(f"SegNet width {args.width}, {h}x{w}, {args.device}, {torch.get_num_threads()} "
           f"threads, {args.images} images in batches of {args.batch} x {args.rounds} rounds, "
           f"{args.clock} clock medians per image; relevance totals via "
-          f"lrp_batch(keep={RELEVANCE_KEEP!r}); load average {load}")
+          f"lrp_batch(keep={RELEVANCE_KEEP!r}); freed memory "
+          f"{'kept' if kept else 'returned (glibc defaults)'}; load average {load}")
     print(f"{'plain forward':<26}{1000 * f:>10.1f} ms/image {1 / f:>8.2f} images/s")
     print(f"{'diagnose fingerprint':<26}{1000 * g:>10.1f} ms/image {1 / g:>8.2f} images/s")
     print(f"ratio fingerprint / forward: {g / f:.2f}x (target <= 2.5x)")
