@@ -167,3 +167,50 @@ def test_gradient_method_writes_its_files(files, capsys):
     data = np.load(tmp / "bad" / "gradxinput.npz")
     assert data["pixels"].shape == (H, W)
     assert (tmp / "bad" / "gradxinput.png").is_file()
+
+
+def test_output_folder_rule(files, capsys):
+    tmp, ckpt, img = files
+    out = tmp / "one"
+    first = ["explain", "-c", str(ckpt), "-i", str(img), "--class", "road", "--pixel", "20,20",
+             "--out", str(out)]
+    code, _, err = run_cli(first, capsys)
+    assert code == 0, err
+    before = (out / "relevance.npz").read_bytes()
+    # a second explanation into the same folder is refused and changes nothing
+    second = [*first[:-4], "--pixel", "5,5", "--out", str(out)]
+    code, _, err = run_cli(second, capsys)
+    assert code == 2 and "earlier 'segscope explain' run" in err and "--overwrite" in err
+    assert err.count("\n") == 1
+    assert (out / "relevance.npz").read_bytes() == before
+    # --overwrite replaces it: the new concept's numbers, no file of the first run left
+    code, _, err = run_cli([*second, "--overwrite"], capsys)
+    assert code == 0, err
+    data = np.load(out / "relevance.npz")
+    assert "(5, 5)" in str(data["concept"]) and (out / "relevance.npz").read_bytes() != before
+    # a folder of the user's own files is never written into, --overwrite or not
+    mine = tmp / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    for extra in ([], ["--overwrite"]):
+        code, _, err = run_cli(["explain", "-c", str(ckpt), "-i", str(img), "--method",
+                                "gradcam", "--class", "road", "--pixel", "20,20", "--out",
+                                str(mine), *extra], capsys)
+        assert code == 2 and "not made by segscope explain" in err
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+
+
+def test_bad_label_is_named_and_claims_nothing(files, capsys):
+    tmp, ckpt, img = files
+    label = np.zeros((H, W), np.uint8)
+    label[0, 0] = 146
+    Image.fromarray(label).save(tmp / "ids.png")
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp / "small_label.png")
+    for name, message in (("ids.png", "has id 146, which is not a class of this model"),
+                          ("small_label.png", "label is 8x8, the image is 40x56")):
+        out = tmp / f"out-{name}"
+        code, _, err = run_cli(["explain", "-c", str(ckpt), "-i", str(img), "--class", "road",
+                                "--from-prediction", "tp", "--label", str(tmp / name),
+                                "--out", str(out)], capsys)
+        assert code == 2 and message in err and name in err, err
+        assert not out.exists()

@@ -38,12 +38,16 @@ LRP = "lrp"
 @click.option("--channel", type=int, default=None, help="actmax: channel of --layer.")
 @click.option("--steps", type=int, default=None, help="actmax: ascent steps.")
 @click.option("--root", type=float, default=None, help="gradxinput: root point (default 0).")
-@click.option("--out", required=True, type=click.Path(), help="Output folder.")
+@click.option("--out", required=True, type=click.Path(),
+              help="Output folder: new or empty, or an earlier explain with --overwrite.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace an earlier explanation in --out (a folder of other files is "
+                   "never touched).")
 @device_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 @click.pass_context
 def explain(ctx, checkpoint, image_path, method, cls, pixel, mask_path, kind, label_path, assign,
-            rule, keep, layer, channel, steps, root, out, device, quiet) -> None:
+            rule, keep, layer, channel, steps, root, out, overwrite, device, quiet) -> None:
     """Explain why the model predicts what it does on one image.
 
     \b
@@ -53,19 +57,20 @@ def explain(ctx, checkpoint, image_path, method, cls, pixel, mask_path, kind, la
       heatmap.png     pixel relevance, blue (negative) - white - red (positive), eq 8.2
       overlay.png     the heatmap blended over the image
     Other methods write <method>.npz and <method>.png (the map over the image).
+    Each explanation gets its own folder: --out must be new or empty.
 
     \b
     Example:
       segscope explain -c model.safetensors -i scene.png --class road --pixel 200,240 \\
           --keep all --out explain/
     """
-    from pathlib import Path
 
     from ..checkpoint import load_model
     from ..errors import SegscopeError
     from ..explain.rules import parse_rules
+    from ..outdir import check_out_path, claim_output
     from ..predict import load_image
-    from ._options import prepare_out_dir, resolve_device
+    from ._options import resolve_device
 
     method = method.lower()
     if method not in METHODS:
@@ -76,9 +81,14 @@ def explain(ctx, checkpoint, image_path, method, cls, pixel, mask_path, kind, la
     concept = _concept(cls, pixel, mask_path, kind, label_path, assign,
                        optional=method == "actmax" and channel is not None)
     dev = resolve_device(device)
-    prepare_out_dir(out)
+    check_out_path(out)  # a file named as --out fails before the model loads
     model, _ = load_model(checkpoint, map_location=dev)
-    out_dir = Path(out)
+    _check_files(concept, image, model, mask_path, label_path)
+    # claimed once every input has been read: a bad one leaves no folder behind
+    settings = {k: v for k, v in ctx.params.items() if k not in ("overwrite", "quiet")}
+    out_dir = claim_output(out, "explain", overwrite=overwrite, can_resume=False,
+                           settings=settings,
+                           inputs=[checkpoint, image_path, mask_path, label_path])
     if method == LRP:
         _run_lrp(model, image, concept, rule_spec, keep, out_dir, quiet)
     else:
@@ -140,6 +150,29 @@ def _concept(cls, pixel, mask_path, kind, label_path, assign, optional=False):
         raise SegscopeError("--from-prediction needs --label (the ground-truth label PNG)")
     return Concept.from_prediction(cls_key, kind, _read_ids(label_path, "label"),
                                    assign=assign or "score")
+
+
+def _check_files(concept, image, model, mask_path, label_path) -> None:
+    """A mask or label that does not fit the image or the model, named by its file
+    (the concept's own checks, later, cannot say which file it came from)."""
+    from ..data.classes import IGNORE
+    from ..errors import SegscopeError
+
+    h, w = image.shape[-2:]
+    for path, ids, what in ((mask_path, getattr(concept, "pixels", None), "mask"),
+                            (label_path, getattr(concept, "label", None), "label")):
+        if path is None or ids is None:
+            continue
+        if tuple(ids.shape) != (h, w):
+            raise SegscopeError(f"{what} is {ids.shape[0]}x{ids.shape[1]}, the image is "
+                                f"{h}x{w} ({what} file {path})")
+        k = getattr(model, "num_classes", None)
+        if what == "label" and k is not None:
+            bad = (ids != IGNORE) & ((ids < 0) | (ids >= k))
+            if bool(bad.any()):
+                raise SegscopeError(
+                    f"label {path} has id {int(ids[bad][0])}, which is not a class of this "
+                    f"model (0..{k - 1}, or {IGNORE} for ignore)")
 
 
 def _read_ids(path, what: str):
