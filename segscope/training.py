@@ -118,9 +118,25 @@ class TrainConfig:
         for key in ("data", "val_data"):
             if d[key] is not None and not isinstance(d[key], str | os.PathLike):
                 d[key] = f"<{type(d[key]).__name__} of {len(d[key])} images>"
+        for key in PATH_FIELDS:
+            d[key] = absolute_if_path(d[key])
         if d["size"] is not None:
             d["size"] = list(d["size"])
         return d
+
+
+#: Settings that may name a file or folder: recorded as absolute paths, so that a run
+#: resumes from any working directory and a path given another way compares equal.
+PATH_FIELDS = ("data", "val_data", "pretrained")
+
+
+def absolute_if_path(value: Any) -> Any:
+    """``value`` as an absolute path string when it names an existing file or folder
+    (``"syn"`` -> ``"/home/me/syn"``); anything else (``synthetic:2000``, None) as it is."""
+    if not isinstance(value, str | os.PathLike):
+        return value
+    path = Path(value).expanduser()
+    return str(path.resolve()) if path.exists() else value
 
 
 @dataclasses.dataclass

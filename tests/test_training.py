@@ -297,6 +297,28 @@ def test_train_cli_writes_outputs_and_guards_resume(tmp_path, capsys):
     assert capsys.readouterr().err.count("\n") == 1
 
 
+def test_resume_with_a_relative_data_path_from_anywhere(tmp_path, monkeypatch, capsys):
+    data = camvid_folder(tmp_path / "camvid")
+    monkeypatch.chdir(tmp_path)
+    args = ["train", "--data", "camvid", "--width", "0.0625", "--iters", "4", "--batch-size",
+            "2", "--out", "run", "--quiet", "--seed", "1"]
+    assert exit_code([*args, "--stop-after", "2"]) == 0
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["data"] == str(data.resolve())  # recorded where it is, not as typed
+    # the same folder written another way is the same setting ...
+    args_abs = [str(data) if a == "camvid" else a for a in args]
+    capsys.readouterr()
+    assert exit_code([*args_abs, "--lr", "0.5", "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "--lr 0.5 differs" in err and "--data" not in err
+    # ... and the run resumes from another working directory
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert exit_code(["train", "--out", str(tmp_path / "run"), "--resume", "-q"]) == 0
+    assert load_model(tmp_path / "run" / "model.safetensors")[1]["step"] == 4
+
+
 def test_train_cli_ctrl_c_exits_130(tmp_path, monkeypatch, capsys):
     import segscope.training
 

@@ -86,7 +86,13 @@ def train(ctx: click.Context, **kw) -> None:
     Multi-GPU / multi-process: torchrun --nproc_per_node=N -m segscope.cli train ...
     """
     from ..outdir import check_out_path, claim_output
-    from ..training import TrainConfig, adopt_unmarked_run, resume_point
+    from ..training import (
+        PATH_FIELDS,
+        TrainConfig,
+        absolute_if_path,
+        adopt_unmarked_run,
+        resume_point,
+    )
     from ..training import train as run
 
     size = parse_size(kw["size"], MAX_SIDE) if kw["size"] else None
@@ -101,7 +107,10 @@ def train(ctx: click.Context, **kw) -> None:
             if ctx.get_parameter_source(name) != click.core.ParameterSource.COMMANDLINE:
                 continue
             value = list(size) if name == "size" and size else kw[name]
-            if value != saved.get(name):
+            before = saved.get(name)
+            if name in PATH_FIELDS:  # the same folder however it is written
+                value, before = absolute_if_path(value), absolute_if_path(before)
+            if value != before:
                 flag = "--" + name.replace("_", "-")
                 raise SegscopeError(
                     f"{flag} {kw[name]} differs from the interrupted run ({saved.get(name)}); "
