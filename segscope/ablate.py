@@ -336,10 +336,12 @@ def run_ablation(config: AblationConfig, log: Callable[[str], None] | None = Non
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     record = _config_json(config, settings)
-    from .training import check_config
+    from .training import check_config, check_data
 
-    for setting in settings:  # bad training settings fail here, before the folder is made
-        check_config(_train_config(config, setting, config.device, False))
+    for setting in settings:  # bad settings and data fail here, before the folder is made
+        train_config = _train_config(config, setting, config.device, False)
+        check_config(train_config)
+        check_data(train_config)
     if rank == 0:
         claim_output(config.out, "ablate", resume=config.resume, overwrite=config.overwrite,
                      settings=record)

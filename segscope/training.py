@@ -614,6 +614,15 @@ def _open(spec: Any, split: str | None, purpose: str, size, limit) -> Any:
     return open_dataset(str(spec), split=split, size=size, limit=limit, purpose=purpose)
 
 
+def check_data(c: TrainConfig) -> None:
+    """Open the dataset folders of ``c`` (their file lists), so that a bad one fails before
+    anything is written; ``synthetic:`` specs are checked when the run opens them."""
+    for spec, split, purpose, limit in ((c.data, c.split, "train", c.limit),
+                                        (c.val_data, c.val_split, "eval", c.val_limit)):
+        if isinstance(spec, str | os.PathLike) and not str(spec).startswith("synthetic"):
+            _open(spec, split, purpose, c.size, limit)
+
+
 # -- the run folder ----------------------------------------------------------------------
 def _claim_run_folder(out: Path, config: TrainConfig) -> None:
     """Take ``out`` for this run (:func:`segscope.outdir.claim_output`), and remove the

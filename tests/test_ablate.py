@@ -74,6 +74,17 @@ def test_bad_training_settings_are_refused_before_the_folder_is_made(tmp_path, r
         assert not out.exists()  # the corrected command can use the same --out
 
 
+def test_a_bad_setting_folder_is_refused_before_the_folder_is_made(tmp_path, real, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = tmp_path / "a"
+    code, _, err = run_cli(["ablate", "--real", str(real), "--factors", "none", "--setting",
+                            f"mine={empty}", "--out", str(out)], capsys)
+    assert code == 2 and f"cannot tell which dataset {empty} holds" in err, err
+    assert err.count("\n") == 1
+    assert not out.exists()  # the corrected command can use the same --out
+
+
 def _weights(path):
     return load_model(path)[0].state_dict()
 

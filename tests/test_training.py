@@ -359,6 +359,16 @@ def test_predict_cli(tiny_segnet, tmp_path, capsys):
         assert exit_code(args) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("segscope: error:")
+    # a file that is no picture among good ones: refused before anything is written
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    shutil.copy(data / "val" / "s1.png", mixed / "a.png")
+    (mixed / "b.png").write_bytes(b"")
+    capsys.readouterr()
+    assert exit_code(["predict", "-c", str(ckpt), str(mixed), "--out",
+                      str(tmp_path / "p2")]) == 2
+    assert f"cannot read image {mixed / 'b.png'}" in capsys.readouterr().err
+    assert not (tmp_path / "p2").exists()
 
 
 def test_predict_at_the_training_scale(tiny_segnet, tmp_path):

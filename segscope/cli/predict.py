@@ -42,6 +42,10 @@ def predict(checkpoint, inputs, out, overwrite, size, alpha, device, quiet) -> N
         raise SegscopeError(f"--alpha must be in [0, 1], got {alpha}")
     shape = parse_size(size, MAX_SIDE) if size else None
     files = find_images(inputs)  # bad inputs fail before the model is read
+    from ..data.io import check_image
+
+    for path in files:  # a file that is no picture fails before anything is written
+        check_image(path)
     dev = resolve_device(device)
     model, meta = load_model(checkpoint, map_location=dev)
     claim_output(out, "predict", overwrite=overwrite, can_resume=False,

@@ -70,6 +70,18 @@ def _open(path: str | os.PathLike, what: str) -> tuple[Image.Image, bool]:
     return img, rgb16
 
 
+def check_image(path: str | os.PathLike, what: str = "image") -> None:
+    """Raise the one-line SegscopeError :func:`read_image` would for a file that is
+    missing or not a picture, from its header and checksums only (no full decode): for a
+    command to check all its inputs before it writes anything."""
+    path = require_file(path, what)
+    try:
+        with Image.open(path) as img:
+            img.verify()
+    except _DECODE_ERRORS as exc:
+        raise SegscopeError(f"cannot read {what} {path}: {_reason(exc)}") from None
+
+
 def _rawmode(tile) -> str:
     args = tile.args if hasattr(tile, "args") else tile[3]
     return args if isinstance(args, str) else str(args[0])
