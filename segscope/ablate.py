@@ -383,12 +383,13 @@ def _config_json(config: AblationConfig, settings: list[Setting]) -> dict[str, A
 
 
 def _check_same(config: AblationConfig, record: dict[str, Any]) -> None:
+    from .outdir import changed_settings
+
     path = Path(config.out) / "ablation_config.json"
     with contextlib.suppress(OSError, ValueError):
         before = json.loads(path.read_text(encoding="utf-8"))
         if before != record:
-            changed = sorted(k for k in set(before) | set(record)
-                             if before.get(k) != record.get(k))
+            changed = changed_settings(before, record)
             raise SegscopeError(f"--resume: {config.out} holds an ablation with other "
                                 f"settings ({', '.join(changed)}); use the same options, "
                                 "or --overwrite to start over")

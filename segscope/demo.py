@@ -376,7 +376,7 @@ def run_demo(options: DemoOptions, steps: Sequence[tuple[str, Step]] | None = No
     checkpoint).
     """
     from .device import resolve_device
-    from .outdir import claim_output, read_marker
+    from .outdir import changed_settings, claim_output, read_marker
 
     t0 = time.perf_counter()
     out = Path(options.out)
@@ -387,8 +387,7 @@ def run_demo(options: DemoOptions, steps: Sequence[tuple[str, Step]] | None = No
     if options.resume:
         earlier = (read_marker(out) or {}).get("settings")
         if isinstance(earlier, dict) and earlier != settings:
-            changed = sorted(k for k in settings.keys() | earlier.keys()
-                             if settings.get(k) != earlier.get(k))
+            changed = changed_settings(earlier, settings)
             raise SegscopeError(f"--resume: {out} holds a demo run with other settings "
                                 f"({', '.join(changed)}); use --overwrite to replace it")
     claim_output(out, "demo", resume=options.resume, overwrite=options.overwrite,

@@ -263,7 +263,7 @@ def run_diagnose(checkpoint: str | os.PathLike, out: str | os.PathLike, *, synth
     folder. Under torchrun every process fingerprints its share; rank 0 writes. Returns
     the summary on rank 0 (with ``report``: the report's path), None on the others."""
     from .checkpoint import load_model
-    from .outdir import claim_output, read_marker
+    from .outdir import changed_settings, claim_output, read_marker
     from .training import _setup_distributed
 
     ckpt = Path(checkpoint)
@@ -305,7 +305,7 @@ def run_diagnose(checkpoint: str | os.PathLike, out: str | os.PathLike, *, synth
                     mark = read_marker(out) or {}
                     old = mark.get("settings")
                     if mark.get("command") == "diagnose" and old and old != settings:
-                        diff = [k for k in settings if old.get(k) != settings[k]]
+                        diff = changed_settings(old, settings)
                         raise SegscopeError(
                             f"--resume: {out} holds a diagnosis with other settings "
                             f"({', '.join(diff)}); use --overwrite or another --out")

@@ -422,7 +422,7 @@ def run_faithfulness(
     from .checkpoint import load_model
     from .data.real import open_dataset
     from .explain.concepts import resolve_class
-    from .outdir import claim_output, read_marker
+    from .outdir import changed_settings, claim_output, read_marker
 
     cfg = settings or RunSettings()
     pairs = method_labels(cfg.methods, cfg.rules)
@@ -471,10 +471,11 @@ def run_faithfulness(
     folder = Path(out)
     if resume:
         mark = read_marker(folder) or {}
-        if mark.get("settings") and mark.get("settings") != json.loads(
-                json.dumps(settings_json)):
-            raise SegscopeError(f"--resume: {folder} was made with other settings; use the same "
-                                "options, or --overwrite")
+        now = json.loads(json.dumps(settings_json))
+        if mark.get("settings") and mark.get("settings") != now:
+            changed = ", ".join(changed_settings(mark["settings"], now))
+            raise SegscopeError(f"--resume: {folder} was made with other settings ({changed}); "
+                                "use the same options, or --overwrite")
     inputs = [checkpoint, *[spec for _, spec, _ in opened if Path(spec).exists()]]
     folder = claim_output(out, "faithfulness", resume=resume, overwrite=overwrite,
                           settings=settings_json, inputs=inputs)

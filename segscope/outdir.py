@@ -129,6 +129,12 @@ def claim_output(
     return out
 
 
+def changed_settings(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """The names of the settings that differ between an earlier run's and this one's
+    (for a ``--resume`` refusal that says which option to give back)."""
+    return sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+
+
 def mark_output(folder: str | os.PathLike, command: str,
                 settings: dict[str, Any] | None = None) -> Path:
     """Write the mark saying that ``folder`` holds a run of ``segscope COMMAND``.

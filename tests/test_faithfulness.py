@@ -256,6 +256,10 @@ def test_cli_writes_the_folder_and_resumes(tmp_path, tiny_checkpoint, capsys):
     assert code == 0, err
     assert {p.name: p.stat().st_mtime_ns for p in (out / "images").iterdir()} == before
     assert json.loads((out / "summary.json").read_text())["table"] == summary["table"]
+    # other settings on resume: refused, naming what differs
+    steps = args.index("--steps") + 1
+    code, _, err = run_cli([*args[:steps], "6", *args[steps + 1:], "--resume"], capsys)
+    assert code == 2 and "other settings (steps)" in err, err
 
 
 @pytest.mark.parametrize("extra, message", [
