@@ -160,7 +160,13 @@ def find_images(inputs: Sequence[str | os.PathLike]) -> list[Path]:
             files = sorted(f for f in p.iterdir() if f.is_file() and not f.name.startswith(".")
                            and f.suffix.lower() in IMAGE_SUFFIXES)
             if not files:
-                raise SegscopeError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in folder {p}")
+                # images one level down (a dataset's images/ without its labels/): say where
+                below = sorted(d.name for d in p.iterdir() if d.is_dir() and any(
+                    f.suffix.lower() in IMAGE_SUFFIXES for f in d.iterdir() if f.is_file()))
+                hint = f"; its subfolder(s) {', '.join(below)} hold images: give one of " \
+                    "those" if below else ""
+                raise SegscopeError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in folder {p}"
+                                    f"{hint}")
             found += files
         else:
             found.append(require_file(p, "input"))

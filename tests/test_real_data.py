@@ -718,3 +718,15 @@ def test_adding_a_dataset_kind_as_docs_extending_says(tmp_path, monkeypatch):
     _save(root / "masks" / "a.png", np.full((2, 3), 7, np.uint8))
     with pytest.raises(SegscopeError, match="contains id 7, which toy masks"):
         open_dataset(root)[0]
+
+
+def test_a_folder_without_pictures_or_pairs_says_where_to_look(tmp_path):
+    from segscope.data.real import open_dataset
+    from segscope.predict import find_images
+
+    (tmp_path / "images").mkdir()
+    Image.fromarray(np.zeros((4, 6, 3), np.uint8)).save(tmp_path / "images" / "a.png")
+    with pytest.raises(SegscopeError, match="its subfolder.s. images hold images"):
+        find_images([tmp_path])
+    with pytest.raises(SegscopeError, match="has no images/ and labels/ folders"):
+        open_dataset(str(tmp_path), kind="folder")

@@ -154,6 +154,9 @@ def test_bad_factors_are_one_line_errors(tmp_path, run_cli):
     bad.write_text("{not json")
     with pytest.raises(SegscopeError, match="does not parse"):
         load_factor_file(bad)
+    bad.write_text('{"factors": {"foo": "off"}}')
+    with pytest.raises(SegscopeError, match=f"factor file {bad}: unknown factor 'foo'"):
+        load_factor_file(bad)
     bad.write_text('{"factors": {"noise": "off"}, "colour": 1}')
     with pytest.raises(SegscopeError, match="unknown key"):
         load_factor_file(bad)

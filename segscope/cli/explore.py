@@ -92,6 +92,9 @@ def _free_port(host: str, port: int, socket) -> int:
         try:
             s.bind((host, port))
         except OSError as exc:
+            # a name that does not resolve (gaierror) is the host's fault, not the port's
+            fix = "choose another --host" if isinstance(exc, socket.gaierror) \
+                else "choose another --port"
             raise SegscopeError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); "
-                                "choose another --port") from None
+                                f"{fix}") from None
         return s.getsockname()[1]

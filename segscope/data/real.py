@@ -864,6 +864,10 @@ def _open_folder(root: Path, split: str | None = None, size=None, limit=None,
     if id_map is None:
         if (root / "manifest.json").is_file():
             return LabelFolder.synth(root, size=size, limit=limit)
+        if not (_has(root, "images") and _has(root, "labels")):
+            raise SegscopeError(f"{root} has no images/ and labels/ folders: --data-kind "
+                                "folder reads image/label pairs from them (a folder of "
+                                "pictures alone has no labels)")
         raise SegscopeError(f"{root} is a folder of image/label pairs: give an id map "
                             "(--id-map map.json) saying which label ids are road and markings")
     return LabelFolder(root, id_map, size=size, limit=limit)

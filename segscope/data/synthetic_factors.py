@@ -560,4 +560,8 @@ def load_factor_file(path: str | Path) -> dict[str, Any]:
     factors, sets = data.get("factors", {}), data.get("set", {})
     if not isinstance(factors, dict) or not isinstance(sets, dict):
         raise SegscopeError(f"factor file {path}: 'factors' and 'set' must be objects")
-    return {"preset": preset, "factors": check_factors(factors), "set": dict(sets)}
+    try:
+        factors = check_factors(factors)
+    except SegscopeError as exc:
+        raise SegscopeError(f"factor file {path}: {exc}") from None
+    return {"preset": preset, "factors": factors, "set": dict(sets)}

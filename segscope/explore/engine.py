@@ -421,11 +421,18 @@ class Explorer:
         if not isinstance(request, Mapping):
             raise SegscopeError("the request must be a JSON object")
         one = {k: v for k, v in request.items() if k not in ("a", "b")}
-        a = self.explain({**one, "image": str(request.get("a", "")), "method": "lrp"})
+
+        def side(name: str, req: dict[str, Any]) -> Result:
+            try:
+                return self.explain(req)
+            except SegscopeError as exc:  # say which of the two images it was
+                raise SegscopeError(f"image {name} ({req['image']}): {exc}") from None
+
+        a = side("a", {**one, "image": str(request.get("a", "")), "method": "lrp"})
         # The same class on both images, also when the page said "predicted".
         concept = {**(one.get("concept") or {}), "class": a.numbers["concept"]["class"]}
-        b = self.explain({**one, "concept": concept, "image": str(request.get("b", "")),
-                          "method": "lrp"})
+        b = side("b", {**one, "concept": concept, "image": str(request.get("b", "")),
+                       "method": "lrp"})
         order = [n for n in a.fv if n in b.fv]
         div = A.profile_divergence(a.fv, b.fv, order)
         return {"a": a.numbers, "b": b.numbers,
@@ -521,8 +528,10 @@ def _int(value: Any, what: str) -> int:
 
 def _decode_mask(runs: Any, h: int, w: int) -> np.ndarray:
     """A brushed mask sent as runs [[start, length], ...] over the row-major H*W pixels."""
-    if not isinstance(runs, list) or not runs:
+    if isinstance(runs, list) and not runs:
         raise SegscopeError("the mask is empty: brush over the image first")
+    if not isinstance(runs, list):
+        raise SegscopeError("a mask is a list of [start, length] runs")
     try:
         arr = np.asarray(runs, dtype=np.float64)
     except (TypeError, ValueError):
