@@ -3,7 +3,8 @@
 A command writes only into a folder that is new, empty, or marked as made by an earlier
 run of the *same* command. The mark is a small JSON file, :data:`MARKER`, written first.
 
-- new or empty folder: claimed, marked, used;
+- new or empty folder (or one holding nothing but a mark: a run that stopped before it
+  wrote anything): claimed, marked, used;
 - a folder of an earlier run of the same command: refused, unless the user says
   ``--resume`` (continue it; the command keeps what is done) or ``--overwrite`` (its
   contents are removed first, so two runs' files never mix);
@@ -85,37 +86,11 @@ def claim_output(
     SegscopeError
         When the folder may not be used; the message says why and what to do.
     """
-    if resume and overwrite:
-        raise SegscopeError("--resume and --overwrite exclude each other")
-    out = check_out_path(path, flag)
-    _refuse_inputs_inside(out, inputs, flag)
-    if out.is_dir():
-        _lock(out, flag)
-    entries = _entries(out) if out.is_dir() else []
-    mark = read_marker(out) if entries else None
-    # A folder that holds nothing but the mark of the same command (a run stopped
-    # before it wrote anything) is as good as empty, but may still be resumed.
-    only_mark = entries == [MARKER] and mark is not None and mark.get("command") == command
-    if entries and not (only_mark and not resume):
-        again = ("add --resume to continue it, --overwrite to replace it"
-                 if can_resume else "add --overwrite to replace it")
-        if mark is None:
-            raise SegscopeError(
-                f"{flag} {out} is not empty and was not made by segscope {command}; "
-                "choose a new or empty folder (nothing in it was touched)")
-        if mark.get("command") != command:
-            raise SegscopeError(
-                f"{flag} {out} holds the output of 'segscope {mark.get('command')}', "
-                f"not of 'segscope {command}'; choose another folder")
-        if overwrite:
-            _clear(out)
-            mark = None
-        elif not resume:
-            raise SegscopeError(
-                f"{flag} {out} holds an earlier 'segscope {command}' run; {again}, "
-                "or choose another folder")
-    elif resume:
-        raise SegscopeError(f"--resume: {flag} {out} holds no earlier run to continue")
+    out, mark = _usable(path, command, resume=resume, overwrite=overwrite, flag=flag,
+                        can_resume=can_resume, inputs=inputs)
+    if overwrite and mark is not None:
+        _clear(out)
+        mark = None
     try:
         out.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=out):  # a real write: root passes os.access
@@ -133,6 +108,57 @@ def changed_settings(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
     """The names of the settings that differ between an earlier run's and this one's
     (for a ``--resume`` refusal that says which option to give back)."""
     return sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+
+
+def check_output(
+    path: str | os.PathLike,
+    command: str,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    flag: str = "--out",
+    can_resume: bool = True,
+    inputs: Iterable[str | os.PathLike] = (),
+) -> Path:
+    """The refusals of :func:`claim_output`, without creating, clearing or marking
+    anything: for a command that checks ``--out`` first, then its inputs, and claims the
+    folder only once both are good (so that a bad input leaves no folder behind)."""
+    return _usable(path, command, resume=resume, overwrite=overwrite, flag=flag,
+                   can_resume=can_resume, inputs=inputs)[0]
+
+
+def _usable(path, command, *, resume, overwrite, flag, can_resume, inputs):
+    """(folder, its mark or None) when ``segscope COMMAND`` may write into ``path``."""
+    if resume and overwrite:
+        raise SegscopeError("--resume and --overwrite exclude each other")
+    out = check_out_path(path, flag)
+    _refuse_inputs_inside(out, inputs, flag)
+    if out.is_dir():
+        _lock(out, flag)
+    entries = _entries(out) if out.is_dir() else []
+    mark = read_marker(out) if entries else None
+    # A folder that holds nothing but a mark (a run stopped before it wrote anything,
+    # say on an input it could only check once the folder was claimed) is as good as
+    # empty, for any command; the same command may still resume it.
+    only_mark = entries == [MARKER] and mark is not None
+    if entries and not (only_mark and not resume):
+        again = ("add --resume to continue it, --overwrite to replace it"
+                 if can_resume else "add --overwrite to replace it")
+        if mark is None:
+            raise SegscopeError(
+                f"{flag} {out} is not empty and was not made by segscope {command}; "
+                "choose a new or empty folder (nothing in it was touched)")
+        if mark.get("command") != command:
+            raise SegscopeError(
+                f"{flag} {out} holds the output of 'segscope {mark.get('command')}', "
+                f"not of 'segscope {command}'; choose another folder")
+        if not overwrite and not resume:
+            raise SegscopeError(
+                f"{flag} {out} holds an earlier 'segscope {command}' run; {again}, "
+                "or choose another folder")
+    elif resume:
+        raise SegscopeError(f"--resume: {flag} {out} holds no earlier run to continue")
+    return out, mark
 
 
 def mark_output(folder: str | os.PathLike, command: str,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from segscope.errors import SegscopeError
-from segscope.outdir import MARKER, claim_output, read_marker
+from segscope.outdir import MARKER, check_output, claim_output, read_marker
 
 
 def test_new_folder_is_claimed_and_marked(tmp_path):
@@ -36,8 +36,10 @@ def test_earlier_run_needs_resume_or_overwrite(tmp_path):
 
 def test_another_commands_folder_is_refused(tmp_path):
     out = claim_output(tmp_path / "run", "study")
+    (out / "report.html").write_text("<html></html>")
     with pytest.raises(SegscopeError, match="output of 'segscope study'"):
         claim_output(out, "train", overwrite=True)
+    assert (out / "report.html").exists()
 
 
 def test_resume_of_nothing_and_bad_paths(tmp_path):
@@ -80,3 +82,25 @@ def test_a_folder_in_use_by_another_process_is_refused(tmp_path):
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
     assert claim_output(out, "train", resume=True) == out  # the lock went with the process
+
+
+def test_a_folder_with_only_a_mark_is_empty_for_any_command(tmp_path):
+    # a run that stopped before writing anything (a bad input found after the claim)
+    out = claim_output(tmp_path / "run", "explain")
+    assert claim_output(out, "predict") == out
+    assert read_marker(out)["command"] == "predict"
+    # once it holds a result it is that command's folder again
+    (out / "a_pred.png").write_bytes(b"result")
+    with pytest.raises(SegscopeError, match="output of 'segscope predict'"):
+        claim_output(out, "explain")
+
+
+def test_check_output_refuses_like_claim_output_and_changes_nothing(tmp_path):
+    out = claim_output(tmp_path / "run", "synth")
+    (out / "old.png").write_bytes(b"old")
+    with pytest.raises(SegscopeError, match="earlier 'segscope synth' run"):
+        check_output(out, "synth")
+    assert check_output(out, "synth", overwrite=True) == out
+    assert (out / "old.png").exists()  # only claim_output clears
+    new = tmp_path / "new"
+    assert check_output(new, "synth") == new and not new.exists()

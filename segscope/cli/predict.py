@@ -33,8 +33,9 @@ def predict(checkpoint, inputs, out, overwrite, size, alpha, device, quiet) -> N
     import sys
 
     from ..checkpoint import load_model, training_size
+    from ..data.io import check_image
     from ..errors import SegscopeError
-    from ..outdir import claim_output
+    from ..outdir import check_output, claim_output
     from ..predict import find_images, predict_files
     from ._options import resolve_device
 
@@ -42,14 +43,13 @@ def predict(checkpoint, inputs, out, overwrite, size, alpha, device, quiet) -> N
         raise SegscopeError(f"--alpha must be in [0, 1], got {alpha}")
     shape = parse_size(size, MAX_SIDE) if size else None
     files = find_images(inputs)  # bad inputs fail before the model is read
-    from ..data.io import check_image
-
+    folder = {"overwrite": overwrite, "can_resume": False, "inputs": [*files, checkpoint]}
+    check_output(out, "predict", **folder)
     for path in files:  # a file that is no picture fails before anything is written
         check_image(path)
     dev = resolve_device(device)
     model, meta = load_model(checkpoint, map_location=dev)
-    claim_output(out, "predict", overwrite=overwrite, can_resume=False,
-                 inputs=[*files, checkpoint],
+    claim_output(out, "predict", **folder,
                  settings={"checkpoint": str(checkpoint), "inputs": [str(i) for i in inputs]})
     records = predict_files(model, inputs, out, device=dev,
                             size=shape, alpha=alpha, trained_size=training_size(meta),
