@@ -420,9 +420,13 @@ def _check_real(options: DemoOptions) -> dict[str, Any]:
 
 
 def _has_checkpoint(folder: Path) -> bool:
-    from .training import CHECKPOINT, STATE
+    """Whether ``folder`` holds a training run to continue (a checkpoint, or the mark of
+    a run stopped before its first one)."""
+    from .outdir import read_marker
+    from .training import CHECKPOINT
 
-    return (folder / CHECKPOINT).is_file() and (folder / STATE).is_file()
+    return (folder / CHECKPOINT).is_file() or (read_marker(folder) or {}).get("command") \
+        == "train"
 
 
 def _run_steps(ctx: DemoContext, steps: Sequence[tuple[str, Step]], t0: float) -> dict:

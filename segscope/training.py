@@ -885,6 +885,16 @@ def _run(config: TrainConfig, d: _Dist, out: Path, header: dict | None,
     loss_count = p.get("loss_count", 0)
     elapsed_before = p.get("seconds", 0.0)
     val_metrics = p.get("val_metrics")
+    model_path = out / "model.safetensors"
+    best_path = out / "best.safetensors" if val_set is not None else None
+    if header is not None and step >= total and model_path.is_file():
+        # a finished run given --resume: nothing to do, and its files stay as they are
+        if d.main and not config.quiet:
+            print(f"segscope: {out} holds a finished run ({step}/{total} iterations); "
+                  "nothing to resume", file=sys.stderr)
+        return TrainResult(out, model_path,
+                           best_path if best_path is not None and best_path.is_file() else None,
+                           step, total, history, val_metrics, weights.tolist(), elapsed_before)
 
     if d.main:
         write_json(out / "config.json", {**config.to_json(), "world_size": d.world,
@@ -899,6 +909,8 @@ def _run(config: TrainConfig, d: _Dist, out: Path, header: dict | None,
 
     # recorded in the model files and checkpoints: later commands show images at this scale
     image_size = list(config.size) if config.size else None
+    if image_size is None and header is not None:  # until the first batch of this session
+        image_size = read_metadata(out / CHECKPOINT).get("image_size")
 
     def checkpoint() -> None:
         if not bool(torch.isfinite(loss_sum)):
@@ -919,7 +931,6 @@ def _run(config: TrainConfig, d: _Dist, out: Path, header: dict | None,
     bar = tqdm(total=total, initial=step, desc="train", unit="it", dynamic_ncols=True,
                disable=config.quiet or not d.main or not sys.stderr.isatty())
     interrupted = False
-    best_path = out / "best.safetensors" if val_set is not None else None
     try:
         with _Interrupt() as stop:
             while step < total:
@@ -996,7 +1007,6 @@ def _run(config: TrainConfig, d: _Dist, out: Path, header: dict | None,
             raise KeyboardInterrupt
         return TrainResult(out, None, None, step, total, history, val_metrics,
                            weights.tolist(), elapsed_before + time.perf_counter() - t0, True)
-    model_path = out / "model.safetensors"
     if d.main:
         from .data.synthetic import describe_dataset  # what made the data: preset, factors
 

@@ -83,3 +83,18 @@ def test_library_modules_do_not_import_the_cli():
             "assert not bad, bad")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-500:]
+
+
+def test_resume_of_a_finished_demo_leaves_its_training_alone(tmp_path):
+    from segscope.demo import step_data, step_train
+    from segscope.training import CHECKPOINT
+
+    steps = [("data", step_data), ("train", step_train)]
+    out = tmp_path / "demo"
+    first = run_demo(_options(out), steps=steps)
+    files = ("model.safetensors", CHECKPOINT)
+    before = {p: (out / "train" / p).read_bytes() for p in files}
+    # resumed (it was refused: the demo did not see its own training run as resumable)
+    again = run_demo(_options(out, resume=True), steps=steps)
+    assert again["train"]["iterations"] == first["train"]["iterations"]
+    assert {p: (out / "train" / p).read_bytes() for p in files} == before

@@ -319,6 +319,30 @@ def test_resume_with_a_relative_data_path_from_anywhere(tmp_path, monkeypatch, c
     assert load_model(tmp_path / "run" / "model.safetensors")[1]["step"] == 4
 
 
+def test_resume_of_a_finished_run_changes_nothing(tmp_path, capsys):
+    data = camvid_folder(tmp_path / "camvid")
+    out = tmp_path / "run"
+    assert exit_code(["train", "--data", str(data), "--width", "0.0625", "--iters", "2",
+                      "--batch-size", "2", "--out", str(out), "-q"]) == 0
+    files = sorted(p.name for p in out.iterdir())
+    before = {name: (out / name).read_bytes() for name in files}
+    assert exit_code(["train", "--resume", "--out", str(out)]) == 0
+    assert "finished run (2/2 iterations)" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert load_model(out / "model.safetensors")[1]["image_size"] == [32, 48]
+
+
+def test_a_checkpoint_before_the_first_batch_keeps_the_image_size(tmp_path):
+    data = camvid_folder(tmp_path / "camvid")
+    out = tmp_path / "run"
+    base = ["train", "--data", str(data), "--width", "0.0625", "--iters", "4",
+            "--batch-size", "2", "--out", str(out), "-q"]
+    assert exit_code([*base, "--stop-after", "1"]) == 0
+    # resumed and stopped again at once: the checkpoint is written before any new batch
+    assert exit_code(["train", "--resume", "--out", str(out), "-q", "--stop-after", "1"]) == 0
+    assert load_model(out / "checkpoint.safetensors")[1]["image_size"] == [32, 48]
+
+
 def test_train_cli_ctrl_c_exits_130(tmp_path, monkeypatch, capsys):
     import segscope.training
 
