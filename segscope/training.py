@@ -699,7 +699,8 @@ def check_config(c: TrainConfig) -> None:
         raise SegscopeError("give the length of training: --iters N or --epochs N")
     if c.iters is not None and c.epochs is not None:
         raise SegscopeError("give either --iters or --epochs, not both")
-    for name in ("iters", "epochs", "batch_size", "log_every", "weight_sample"):
+    for name in ("iters", "epochs", "batch_size", "log_every", "weight_sample", "limit",
+                 "val_limit"):
         v = getattr(c, name)
         if v is not None and v < 1:
             raise SegscopeError(f"{name.replace('_', '-')} must be at least 1, got {v}")

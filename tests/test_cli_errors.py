@@ -302,6 +302,8 @@ CASES = [
      ["not a folder"]),
     ("study-out-is-a-file", "study -c {ckpt} --quick -q --out {a_file}", ["not a folder"]),
     ("train-out-is-a-file", "train --data {synth} --iters 1 --out {a_file}", ["not a folder"]),
+    ("train-val-limit-zero", "train --data {synth} --val-data {synth} --val-limit 0 --iters 1 "
+     "--out {dir}/t", ["val-limit must be at least 1"]),
     ("report-not-a-study", "report {synth}", ["not a study folder"]),
     # a FIFO or a device is not a regular file (and not "not found")
     ("image-fifo", "explain -c {ckpt} -i {fifo} --class road --pixel 1,1 --out {dir}/o",

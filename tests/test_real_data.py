@@ -381,6 +381,10 @@ def test_label_folder_id_maps(tmp_path):
     assert str(err.value) == (f"label {tmp_path / 'labels' / 'a.png'} contains id 17, "
                               "which the id map does not cover")
     assert LabelFolder(tmp_path, {i: 0 for i in range(20)} | {5: 1}).has_markings is False
+    # a segscope synth folder has no id map: an id that is no ROAD3 id is called that
+    (tmp_path / "manifest.json").write_text("{}")
+    with pytest.raises(SegscopeError, match=r"contains id \d+, which ROAD3 \(0 background"):
+        LabelFolder.synth(tmp_path)[0]
 
 
 def test_label_folder_colour_keys(tmp_path):

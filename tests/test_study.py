@@ -233,6 +233,20 @@ def test_default_synthetic_data_is_never_training_data():
                                                 "synthetic:9:narrow:3"}}) == "synthetic:9:narrow:3"
 
 
+def test_default_synthetic_data_of_a_model_trained_on_synth_folders(tmp_path):
+    from segscope.analyses import default_synthetic
+
+    val = tmp_path / "val"
+    val.mkdir()
+    (val / "manifest.json").write_text("{}")
+    folders = {"data": str(tmp_path / "train"), "val_data": str(val)}
+    assert default_synthetic({"train_config": folders}) == str(val.resolve())
+    # the validation folder gone: scenes of the preset that made the training folder
+    gone = {**folders, "val_data": str(tmp_path / "moved")}
+    assert default_synthetic({"train_config": gone, "data": {"preset": "urban", "seed": 4}}) \
+        == "synthetic:8:urban:5"
+
+
 # -- report: what it reads -----------------------------------------------------------------------
 @pytest.fixture
 def study_copy(study_dir, tmp_path):
@@ -305,7 +319,8 @@ def test_study_follows_the_output_folder_rule(study_dir, tmp_path, capsys):
     base = ["study", "--checkpoint", str(ckpt), "--synthetic", "synthetic:2:narrow:1",
             "--size", "64x96", "--quick", "--quiet", "--device", "cpu"]
     before = sorted(p.name for p in out.iterdir())
-    assert "--overwrite" in _error_line(capsys, [*base, "--out", str(out)])
+    again = _error_line(capsys, [*base, "--out", str(out)])
+    assert "--overwrite" in again and "--resume" not in again  # study has no --resume
     # A bad input is refused before the folder is touched, even with --overwrite.
     assert "unknown layer" in _error_line(capsys, [*base, "--out", str(out), "--overwrite",
                                                     "--layer", "conv9_9"])

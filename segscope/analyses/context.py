@@ -359,12 +359,22 @@ def _train_config(meta: dict[str, Any]) -> dict[str, Any]:
 
 
 def default_synthetic(meta: dict[str, Any]) -> str:
-    """The checkpoint's synthetic validation data; else 8 scenes of its training preset
-    with the next seed (never training scenes); else :data:`DEFAULT_SYNTHETIC`."""
+    """The checkpoint's synthetic validation data (``synthetic:`` scenes, or a ``segscope
+    synth`` folder that is still there); else 8 scenes of its training preset with the
+    next seed (never training scenes); else :data:`DEFAULT_SYNTHETIC`."""
     cfg = _train_config(meta)
     val, data = cfg.get("val_data"), cfg.get("data")
     if isinstance(val, str) and val.startswith("synthetic:"):
         return val
+    if isinstance(val, str) and (Path(val).expanduser() / "manifest.json").is_file():
+        return str(Path(val).expanduser().resolve())
+    made = meta.get("data") if isinstance(meta, dict) else None
+    if isinstance(made, dict) and made.get("preset"):  # what made the training data
+        try:
+            seed = int(made.get("seed", 0))
+        except (TypeError, ValueError):
+            seed = 0
+        return f"synthetic:8:{made['preset']}:{seed + 1}"
     if isinstance(data, str) and data.startswith("synthetic:"):
         parts = data.split(":")
         preset = parts[2] if len(parts) > 2 and parts[2] else "narrow"

@@ -90,7 +90,7 @@ def study(checkpoint, synthetic, real, split, data_kind, id_map, images, labels,
                         id_map=id_map, images=images, labels=labels, settings=settings,
                         device=resolve_device(device), quiet=quiet,
                         before_work=lambda: claim_output(out, "study", overwrite=overwrite,
-                                                         settings=marker))
+                                                         can_resume=False, settings=marker))
     for note in summary["notes"]:
         click.echo(f"note: {note}")
     so = summary["switch_off"]["pixel_shares"]

@@ -131,13 +131,15 @@ def synth(out: str | None, n: int, size: tuple[int, int], seed: int, preset: str
     settings = json.loads(json.dumps(data.settings))
     folder = claim_output(out, "synth", resume=resume, overwrite=overwrite, settings=settings)
     if resume:
-        from ..outdir import read_marker
+        from ..outdir import changed_settings, read_marker
 
         before = (read_marker(folder) or {}).get("settings")
         if before != settings:
+            changed = ", ".join(changed_settings(before if isinstance(before, dict) else {},
+                                                 settings))
             raise SegscopeError(
-                f"--resume: {out} was written with other settings; run the same command "
-                "again with --resume, or use --overwrite to start over")
+                f"--resume: {out} was written with other settings ({changed}); run the same "
+                "command again with --resume, or use --overwrite to start over")
     write_dataset(data, folder, resume=resume,
                   progress=lambda it: tqdm(it, total=n, desc="synth", unit="img",
                                            disable=quiet or not sys.stderr.isatty()))

@@ -699,6 +699,7 @@ class LabelFolder(PairDataset):
                                     f"the dataset, got {name!r}")
         identity = {BACKGROUND: BACKGROUND, ROAD: ROAD, MARKINGS: MARKINGS, IGNORE: IGNORE}
         ds = cls(root, identity, size=size, limit=limit, has_markings=True, **folders)
+        ds.mapper = IdMap(identity, "ROAD3 (0 background, 1 road, 2 markings, 255 ignore)")
         ds.name = "synth"
         return ds
 
