@@ -34,7 +34,7 @@ from .diagnose import (
     open_synthetic,
     training_sizes,
 )
-from .errors import SegscopeError
+from .errors import SegscopeError, agreed
 
 #: Real images shown on the contact sheet of the most likely failures.
 CONTACT_IMAGES = 12
@@ -252,7 +252,7 @@ def _agree(world: int, error: str | None) -> None:
         dist.all_gather_object(errors, error)
         error = next((e for e in errors if e), None)
     if error:
-        raise SegscopeError(error)
+        raise agreed(error)
 
 
 def run_diagnose(checkpoint: str | os.PathLike, out: str | os.PathLike, *, synthetic: str,

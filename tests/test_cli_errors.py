@@ -635,3 +635,14 @@ def test_resume_of_an_edited_training_state_is_one_line(f, capsys, tmp_path, edi
     code, _, err = run_cli(["train", "--resume", "--out", run], capsys)
     assert_one_error(code, err, needle)
     assert code == 2
+
+
+def test_evaluate_refuses_the_folder_before_any_note(f, capsys, tmp_path):
+    # a model with a training size: evaluate would first note the scale it scores at
+    import segscope
+
+    model = segscope.SegNet(width=0.0625)
+    ckpt = segscope.save_model(model, tmp_path / "sized.safetensors", image_size=[16, 24])
+    code, _, err = run_cli(["evaluate", "-c", str(ckpt), "--data", str(f["synth"]), "--out",
+                            str(f["mine"])], capsys)
+    assert_one_error(code, err, "not made by segscope evaluate")

@@ -450,6 +450,21 @@ def test_ddp_two_processes_with_gloo(tmp_path):
     # validation summed over both ranks' shards: all 4 images' labelled pixels
     assert meta["val_metrics"]["total_pixels"] == 4 * (32 * 48 - 3)
     assert not list(out.glob(".*.tmp"))
+    # the same command again: rank 0 refuses the folder, rank 1 stops with it (no
+    # traceback at a barrier rank 0 never reaches), and the user reads the line once
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env, start_new_session=True)
+    try:
+        _, stderr = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail("torchrun did not finish within 120 s")
+    assert proc.returncode != 0
+    assert stderr.count("segscope: error: ") == 1 and "earlier 'segscope train' run" in stderr
+    # (torchrun's own launcher prints a traceback for any failed worker; none from ours)
+    assert "segscope/" not in stderr.replace("segscope/cli", ""), stderr[-2000:]
+    assert "Connection closed by peer" not in stderr
 
 
 def test_demo_quick_end_to_end(tmp_path, capsys):

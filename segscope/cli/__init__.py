@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import sys
 
 import click
@@ -86,7 +87,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         cli.main(args=argv, prog_name="segscope", standalone_mode=False)
     except SegscopeError as exc:
-        click.echo(f"segscope: error: {_one_line(exc)}", err=True)
+        if not (exc.all_ranks and os.environ.get("RANK", "0") != "0"):
+            click.echo(f"segscope: error: {_one_line(exc)}", err=True)
         sys.exit(2)
     except click.exceptions.Abort:
         click.echo("segscope: interrupted", err=True)

@@ -52,12 +52,13 @@ def evaluate(checkpoint, data, split, data_kind, id_map, size, limit, batch_size
     from ..data.real import open_dataset
     from ..errors import SegscopeError
     from ..metrics import format_metrics
-    from ..outdir import check_out_path, claim_output
+    from ..outdir import check_output, claim_output
     from ..predict import evaluate_dataset
     from ._options import resolve_device
 
+    folder = {"overwrite": overwrite, "can_resume": False, "inputs": [checkpoint, data, id_map]}
     if out:
-        check_out_path(out)
+        check_output(out, "evaluate", **folder)  # refused before any note is printed
     dev = resolve_device(device)
     model, meta = load_model(checkpoint, map_location=dev)
     if tuple(model.class_names) != tuple(ROAD3):
@@ -84,8 +85,7 @@ def evaluate(checkpoint, data, split, data_kind, id_map, size, limit, batch_size
         if line and not quiet:
             click.echo(f"segscope: {line}", err=True)
     if out:
-        claim_output(out, "evaluate", overwrite=overwrite, can_resume=False,
-                     inputs=[checkpoint, data, id_map],
+        claim_output(out, "evaluate", **folder,
                      settings={"checkpoint": str(checkpoint), "data": str(data), "split": split})
     road_surface = not getattr(dataset, "has_markings", True)
     cm = evaluate_dataset(model, dataset, device=dev, batch_size=batch_size, workers=workers,
