@@ -34,7 +34,7 @@ from .diagnose import (
     open_synthetic,
     training_sizes,
 )
-from .errors import SegscopeError, agreed
+from .errors import SegscopeError, agree
 
 #: Real images shown on the contact sheet of the most likely failures.
 CONTACT_IMAGES = 12
@@ -243,18 +243,6 @@ def render_report(summary: dict[str, Any], folder: Path) -> str:
 
 
 # -- the command -------------------------------------------------------------------------------
-def _agree(world: int, error: str | None) -> None:
-    """Raise on every process when any one of them failed (rank 0's message first)."""
-    if world > 1:
-        import torch.distributed as dist
-
-        errors: list[Any] = [None] * world
-        dist.all_gather_object(errors, error)
-        error = next((e for e in errors if e), None)
-    if error:
-        raise agreed(error)
-
-
 def run_diagnose(checkpoint: str | os.PathLike, out: str | os.PathLike, *, synthetic: str,
                  real: str | os.PathLike, resume: bool = False, overwrite: bool = False,
                  device: str = "auto", size: tuple[int, int] | None = None,
@@ -313,7 +301,7 @@ def run_diagnose(checkpoint: str | os.PathLike, out: str | os.PathLike, *, synth
                              settings=settings)
             except SegscopeError as exc:
                 error = str(exc)
-        _agree(d.world, error)
+        agree(d.world, error)
         out = Path(out)
         diag = diagnose(model, syn, rea, size=size, real_size=real_size,
                         cache_dir=out / "fingerprints",

@@ -15,8 +15,17 @@ class SegscopeError(Exception):
     all_ranks: bool = False
 
 
-def agreed(message: str) -> SegscopeError:
-    """A :class:`SegscopeError` that every rank raises alike (printed once, by rank 0)."""
-    exc = SegscopeError(message)
-    exc.all_ranks = True
-    return exc
+def agree(world: int, error: str | None) -> None:
+    """Under torchrun, raise on every process when any one of them failed (rank 0's
+    message first), marked so that the command line prints it once; with one process,
+    raise ``error`` if there is one. Also keeps the processes together like a barrier."""
+    if world > 1:
+        import torch.distributed as dist
+
+        errors: list[str | None] = [None] * world
+        dist.all_gather_object(errors, error)
+        error = next((e for e in errors if e), None)
+    if error:
+        exc = SegscopeError(error)
+        exc.all_ranks = True
+        raise exc

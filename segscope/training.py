@@ -54,7 +54,7 @@ from .checkpoint import (
 )
 from .data.classes import IGNORE, ROAD3
 from .device import resolve_device
-from .errors import SegscopeError, agreed
+from .errors import SegscopeError, agree
 from .metrics import class_pixel_counts, median_frequency_weights
 from .models import SegNet
 from .predict import autocast, evaluate_dataset
@@ -194,19 +194,6 @@ def _barrier(d: _Dist) -> None:
         import torch.distributed as dist
 
         dist.barrier()
-
-
-def _agree(d: _Dist, error: str | None) -> None:
-    """Raise ``error`` (rank 0's, else the first rank's) on every rank when any has one;
-    also the barrier that keeps the ranks together."""
-    if d.world > 1:
-        import torch.distributed as dist
-
-        errors: list[str | None] = [None] * d.world
-        dist.all_gather_object(errors, error)
-        error = next((e for e in errors if e), None)
-    if error:
-        raise agreed(error)
 
 
 def _any_rank(flag: bool, d: _Dist) -> bool:
@@ -848,7 +835,7 @@ def _run(config: TrainConfig, d: _Dist, out: Path, header: dict | None,
             _claim_run_folder(out, config)
         except SegscopeError as exc:  # the other ranks stop with it, not at a dead barrier
             error = str(exc)
-    _agree(d, error)
+    agree(d.world, error)
 
     if header is not None:
         weights = torch.tensor(header["class_weights"], dtype=torch.float32)
