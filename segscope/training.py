@@ -791,7 +791,11 @@ def train(config: TrainConfig) -> TrainResult:
             claim_output(out, "train", resume=True)  # only checks: a train run is there
         header, state_tensors, saved = resume_point(out)
         config = _merge_resumed(config, saved)
-    check_config(config)
+    try:
+        check_config(config)
+    except SegscopeError as exc:  # every torchrun rank checks the same settings alike
+        exc.all_ranks = True
+        raise
     d = _setup_distributed(config.device)
     try:
         return _run(config, d, out, header, state_tensors, t0)
