@@ -385,8 +385,9 @@ def run_demo(options: DemoOptions, steps: Sequence[tuple[str, Step]] | None = No
                 for k, v in dataclasses.asdict(options).items() if k not in RUNTIME_OPTIONS}
     real = _check_real(options)
     if options.resume:
-        earlier = (read_marker(out) or {}).get("settings")
-        if isinstance(earlier, dict) and earlier != settings:
+        mark = read_marker(out) or {}
+        earlier = mark.get("settings")  # another command's folder: claim_output says so
+        if mark.get("command") == "demo" and isinstance(earlier, dict) and earlier != settings:
             changed = changed_settings(earlier, settings)
             raise SegscopeError(f"--resume: {out} holds a demo run with other settings "
                                 f"({', '.join(changed)}); use --overwrite to replace it")

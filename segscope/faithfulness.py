@@ -472,7 +472,8 @@ def run_faithfulness(
     if resume:
         mark = read_marker(folder) or {}
         now = json.loads(json.dumps(settings_json))
-        if mark.get("settings") and mark.get("settings") != now:
+        if mark.get("command") == "faithfulness" and mark.get("settings") \
+                and mark.get("settings") != now:
             changed = ", ".join(changed_settings(mark["settings"], now))
             raise SegscopeError(f"--resume: {folder} was made with other settings ({changed}); "
                                 "use the same options, or --overwrite")

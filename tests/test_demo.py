@@ -98,3 +98,12 @@ def test_resume_of_a_finished_demo_leaves_its_training_alone(tmp_path):
     again = run_demo(_options(out, resume=True), steps=steps)
     assert again["train"]["iterations"] == first["train"]["iterations"]
     assert {p: (out / "train" / p).read_bytes() for p in files} == before
+
+
+def test_resume_into_another_commands_folder_names_that_command(tmp_path):
+    from segscope.outdir import claim_output
+
+    out = claim_output(tmp_path / "st", "study", settings={"class": "road"})
+    (out / "report.html").write_text("<html></html>")
+    with pytest.raises(SegscopeError, match="output of 'segscope study', not of 'segscope demo'"):
+        run_demo(_options(out, resume=True), steps=STEPS)
