@@ -214,7 +214,7 @@ def test_evaluate_scores_at_the_training_scale(tiny_segnet, tmp_path, capsys):
     out = capsys.readouterr()
     got = json.loads(out.out)
     assert got["size"] == [32, 48] and got["total_pixels"] <= 2 * 32 * 48
-    assert "scale the model was trained on" in out.err
+    assert "scored at 32x48, the scale the model was trained on (its width, 48, at this" in out.err
     assert exit_code(["evaluate", "-c", str(ckpt), "--data", str(data), "--json", "-q",
                       "--size", "64x96"]) == 0
     assert json.loads(capsys.readouterr().out)["size"] == [64, 96]

@@ -74,7 +74,8 @@ def evaluate(checkpoint, data, split, data_kind, id_map, size, limit, batch_size
         if len(probe):
             size = dataset_at_training_scale(probe, trained)
             scale_note = (f"scored at {size[0]}x{size[1]}, the scale the model was trained "
-                          "on (--size HxW to change)")
+                          f"on (its width, {trained[1]}, at this dataset's aspect ratio; "
+                          "--size HxW to change)")
     dataset = open_dataset(data, split=split, size=size, limit=limit, kind=data_kind,
                            id_map=id_map)
     if len(dataset) == 0:
