@@ -5,6 +5,11 @@ against a plain forward pass over the same batches, in the same run (target: <= 
     python benchmarks/bench_diagnose.py
     python benchmarks/bench_diagnose.py --threads 1 --clock cpu
     python benchmarks/bench_diagnose.py --width 0.25 --images 8 --rounds 3
+    python benchmarks/bench_diagnose.py --rule alpha1beta0 --rule epsilon
+
+``--rule`` (repeatable) fingerprints with each LRP rule in the same run, one ratio each:
+α1β0 needs a convolution of its own for the denominators z⁺; ε takes z from the forward
+pass.
 
 ``--clock cpu`` times the CPU the process used instead of the wall clock: with
 ``--threads 1`` other processes on a shared machine do not inflate it. Both sides run with
@@ -46,7 +51,10 @@ def main() -> None:
                    help="wall clock, or the CPU time of the process (CPU only)")
     p.add_argument("--allocator", choices=("keep", "system"), default="keep",
                    help="keep freed memory as the segscope command does, or glibc's defaults")
+    p.add_argument("--rule", action="append", default=None,
+                   help="LRP rule of the sweep (repeat to compare; default alpha1beta0)")
     args = p.parse_args()
+    rules = args.rule or ["alpha1beta0"]
     kept = args.allocator == "keep" and keep_freed_memory()
     if args.clock == "cpu" and args.device != "cpu":
         p.error("--clock cpu times CPU work; use the wall clock on a GPU")
@@ -76,31 +84,39 @@ def main() -> None:
         with torch.no_grad():
             model(batch.to(device))
 
-    def fingerprint(batch: torch.Tensor) -> None:
-        fp = image_fingerprints(model, batch.to(device), cls, graph=graph, layout=layout)
-        assert not fp.scalar("empty").any()
+    def fingerprinter(rule: str):
+        def fingerprint(batch: torch.Tensor) -> None:
+            fp = image_fingerprints(model, batch.to(device), cls, rule=rule, graph=graph,
+                                    layout=layout)
+            assert not fp.scalar("empty").any()
+        return fingerprint
 
-    for fn in (forward, fingerprint):  # warm-up
+    sides = [("plain forward", forward)] + [(f"diagnose fingerprint {r}", fingerprinter(r))
+                                            for r in rules]
+    for _, fn in sides:  # warm-up
         fn(batches[0])
         sync()
-    fwd, fpr = [], []
-    for _ in range(args.rounds):  # interleaved rounds: both see the same machine load
-        for fn, times in ((forward, fwd), (fingerprint, fpr)):
+    times: dict[str, list[float]] = {name: [] for name, _ in sides}
+    for _ in range(args.rounds):  # interleaved rounds: all see the same machine load
+        for name, fn in sides:
             for b in batches:
                 t = clock()
                 fn(b)
                 sync()
-                times.append((clock() - t) / len(b))
-    f, g = statistics.median(fwd), statistics.median(fpr)
+                times[name].append((clock() - t) / len(b))
+    med = {name: statistics.median(v) for name, v in times.items()}
+    f = med["plain forward"]
     load = " ".join(f"{v:.1f}" for v in os.getloadavg())
     print(f"SegNet width {args.width}, {h}x{w}, {args.device}, {torch.get_num_threads()} "
           f"threads, {args.images} images in batches of {args.batch} x {args.rounds} rounds, "
           f"{args.clock} clock medians per image; relevance totals via "
           f"lrp_batch(keep={RELEVANCE_KEEP!r}); freed memory "
           f"{'kept' if kept else 'returned (glibc defaults)'}; load average {load}")
-    print(f"{'plain forward':<26}{1000 * f:>10.1f} ms/image {1 / f:>8.2f} images/s")
-    print(f"{'diagnose fingerprint':<26}{1000 * g:>10.1f} ms/image {1 / g:>8.2f} images/s")
-    print(f"ratio fingerprint / forward: {g / f:.2f}x (target <= 2.5x)")
+    for name, g in med.items():
+        print(f"{name:<34}{1000 * g:>10.1f} ms/image {1 / g:>8.2f} images/s")
+    for r in rules:
+        print(f"ratio fingerprint {r} / forward: {med[f'diagnose fingerprint {r}'] / f:.2f}x "
+              f"(target <= 2.5x)")
 
 
 if __name__ == "__main__":

@@ -102,6 +102,7 @@ RULES = [
     AlphaBeta(1, 0, bias=False),
     AlphaBeta(2, 1, bias=False),
     Epsilon(0.01),
+    Epsilon(0.01, bias=False),
     ZPlus(),
     Gamma(0.25),
     Flat(),
@@ -127,6 +128,42 @@ def test_rule_matches_matrix_form(rule, signs, stride):
     got = lrp(model, x, Concept.tensor(r), rule=rule).input.numpy().ravel()
     want = _matrix_rule(rule, x.numpy().ravel(), w, b, conn, r.numpy().ravel())
     assert np.abs(want).max() > 1e-3  # the case is not trivially zero
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+
+
+def _matrix(conv: nn.Conv2d, shape: tuple[int, int, int]):
+    """(W (out,in), b (out,)) of ``conv`` on inputs of ``shape``, from basis images."""
+    n = int(np.prod(shape))
+    with torch.no_grad():
+        basis = torch.eye(n, dtype=torch.float64).view(n, *shape)
+        w = nn.functional.conv2d(basis, conv.weight, None, conv.stride, conv.padding)
+    out = w.shape[1:]
+    return w.reshape(n, -1).T.numpy(), conv.bias.detach().numpy().repeat(out[1] * out[2])
+
+
+@pytest.mark.parametrize("rule", [Epsilon(0.01), Epsilon(0.0), Epsilon(0.01, bias=False)],
+                         ids=lambda r: r.name)
+@pytest.mark.parametrize("top", ["same", "wsquare"])
+def test_epsilon_behind_a_relu_matches_matrix_form(rule, top):
+    """ε takes its denominators from the forward pass's own outputs, which the ReLU after
+    the convolution must leave intact: two layers against the matrix form, step by step
+    (R through the ReLU unchanged). With w² above it, relevance reaches the outputs the
+    ReLU cut, where only the true (negative) z gives the right share."""
+    top_rule = rule if top == "same" else WSquare()
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(),
+                          nn.Conv2d(4, 2, 3, padding=1)).double().eval()
+    g = torch.Generator().manual_seed(5)
+    x = torch.rand(3, H, W_, generator=g, dtype=torch.float64) * 2 - 1
+    w1, b1 = _matrix(model[0], (3, H, W_))
+    w2, b2 = _matrix(model[2], (4, H, W_))
+    a1 = np.maximum(w1 @ x.numpy().ravel() + b1, 0)
+    assert 0 < (a1 == 0).mean() < 1  # the ReLU cuts some outputs, not all
+    r = torch.randn(2, H, W_, generator=g).double()
+    r1 = _matrix_rule(top_rule, a1, w2, b2, None, r.numpy().ravel())
+    want = _matrix_rule(rule, x.numpy().ravel(), w1, b1, None, r1)
+    got = lrp(model, x, Concept.tensor(r), rule={"0": rule, "2": top_rule}).input.numpy().ravel()
+    assert np.abs(want).max() > 1e-3
     np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
 
 

@@ -69,9 +69,10 @@ def zennit():
     return z
 
 
-def _zennit_lrp(z, model, image, initial):
+def _zennit_lrp(z, model, image, initial, rule=None):
+    rule = rule or z.rules.AlphaBeta(alpha=1.0, beta=0.0, stabilizer=1e-12)
     composite = z.composites.LayerMapComposite(
-        layer_map=[(z.types.Convolution, z.rules.AlphaBeta(alpha=1.0, beta=0.0, stabilizer=1e-12))],
+        layer_map=[(z.types.Convolution, rule)],
         canonizers=[z.canonizers.SequentialMergeBatchNorm()],
     )
     x = image[None].clone().requires_grad_(True)
@@ -109,3 +110,20 @@ def test_alpha1beta0_matches_zennit(zennit, tiny_segnet, biases):
         assert _rel_l2(ours.input, theirs) <= 1e-4
     # zennit's canonizer is undone after the attribution: the model is unchanged
     assert isinstance(model.conv1_1.bn, torch.nn.BatchNorm2d)
+
+
+def test_epsilon_matches_zennit(zennit, tiny_segnet):
+    """ε takes its denominators from the forward pass's own convolution outputs (zennit
+    recomputes them in its backward hooks): the same relevance."""
+    model = tiny_segnet
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.eps = 1e-12
+    image = torch.rand(3, 40, 56, generator=torch.Generator().manual_seed(1))
+    mask = torch.zeros(40, 56)
+    mask[12:32, 4:52] = 1
+    for concept in (Concept.pixel("road", 20, 28), Concept.mask("markings", mask)):
+        ours = lrp(model, image, concept, rule="epsilon:0.01")
+        theirs = _zennit_lrp(zennit, model, image, ours.initial, zennit.rules.Epsilon(0.01))
+        assert float(theirs.abs().max()) > 0
+        assert _rel_l2(ours.input, theirs) <= 1e-4

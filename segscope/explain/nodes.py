@@ -191,13 +191,26 @@ class Weighted(NodeKind):
     def __init__(self, index: int, node: Node) -> None:
         super().__init__(index, node)
         self.x: torch.Tensor | None = None
+        self.z: torch.Tensor | None = None
         self.cached: Terms | None = None
+
+    @property
+    def keeps_output(self) -> bool:
+        """The rule's denominators are this layer's outputs: the forward keeps them (and
+        the ReLU after it must not overwrite them)."""
+        return self.rule is not None and self.rule.uses_output
+
+    def _kept(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        self.x = x  # the denominators come later, on what the sweep needs
+        if self.keeps_output:
+            self.z = z
+        return z
 
     def nonneg(self, state):
         return False
 
     def release(self) -> None:
-        self.x = self.cached = None
+        self.x = self.z = self.cached = None
 
     def terms(self, state: ForwardState, box: Box | None, full_share: float) -> Terms:
         """The backward terms covering output ``box`` (None: all).
@@ -211,14 +224,15 @@ class Weighted(NodeKind):
     def _terms(self, state: ForwardState, box: Box | None) -> Terms:
         op, x = self.op, self.x
         nonneg = state.nonneg[self.inputs[0]]
+        kw = {} if self.z is None else {"z": self.z if box is None else crop(self.z, box)}
         if box is None:
-            terms, in_box = self.rule.terms(x, op, nonneg), None
+            terms, in_box = self.rule.terms(x, op, nonneg, **kw), None
         else:
             win = op.window(box)
             in_box = clip(win, x.shape[-2:])
             pads = (in_box[2] - win[2], win[3] - in_box[3], in_box[0] - win[0],
                     win[1] - in_box[1])
-            terms = self.rule.terms(crop(x, in_box), WindowOp(op, pads), nonneg)
+            terms = self.rule.terms(crop(x, in_box), WindowOp(op, pads), nonneg, **kw)
         self.cached = Terms(box, in_box, [Back(t.a, t.s, op.back_weight(t.w)) for t in terms])
         return self.cached
 
@@ -253,8 +267,7 @@ class Linear(Weighted):
 
     def forward(self, state, ins):
         self.op = LinearMapOp(self.params, self.node.cache)
-        self.x = ins[0]  # the denominators come later, on what the sweep needs
-        return F.linear(ins[0], self.op.weight, self.op.bias)
+        return self._kept(ins[0], F.linear(ins[0], self.op.weight, self.op.bias))
 
 
 class Conv(Weighted):
@@ -271,8 +284,7 @@ class Conv(Weighted):
         z = F.conv2d(x, p["weight"], p["bias"], p["stride"], p["padding"], p["dilation"],
                      p["groups"])
         self.op = ConvOp(p, x.shape, z.shape, self.node.cache)
-        self.x = x  # the denominators come later, on what the sweep needs
-        return z
+        return self._kept(x, z)
 
     def input_box(self, state, box, j):
         return clip(self.op.window(box), state.shapes[j][-2:])

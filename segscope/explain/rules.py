@@ -88,6 +88,11 @@ def weight_part(op: LinearOp, sign: int) -> torch.Tensor:
     return op.weight.clamp(min=0) if sign > 0 else op.weight.clamp(max=0)
 
 
+def _bias_map(b: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """Bias ``b`` (C,) shaped to broadcast over an output ``z`` (B,C,...)."""
+    return b.reshape((-1,) + (1,) * (z.dim() - 2))
+
+
 def _pos(t: torch.Tensor | None) -> torch.Tensor | None:
     return None if t is None else t.clamp(min=0)
 
@@ -107,12 +112,17 @@ class Rule:
     """
 
     applies_to: ClassVar[tuple[str, ...]] = ("conv", "linear")
+    #: The rule's denominators are the layer's own outputs: the forward pass keeps them
+    #: and hands them to :meth:`terms` as ``z`` (no second convolution).
+    uses_output: ClassVar[bool] = False
 
     def terms(self, x: torch.Tensor, op: LinearOp,
               nonneg: bool | None = None) -> list[Term]:  # pragma: no cover
         """The backward terms of one layer with input ``x`` (batch 1).
 
         ``nonneg`` says whether ``x`` is known to be >= 0 (post-ReLU); ``None``: check.
+        Rules with :attr:`uses_output` also take ``z=``, the layer's output ``op.fwd(x,
+        op.weight, op.bias)`` as the forward pass computed it (``None``: computed here).
         """
         raise NotImplementedError
 
@@ -193,6 +203,7 @@ class Epsilon(Rule):
 
     eps: float = 1e-6
     bias: bool = True
+    uses_output: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         if not self.eps >= 0:
@@ -202,11 +213,15 @@ class Epsilon(Rule):
     def name(self) -> str:
         return f"epsilon:{_num(self.eps)}" + ("" if self.bias else ":nobias")
 
-    def terms(self, x: torch.Tensor, op: LinearOp,
-              nonneg: bool | None = None) -> list[Term]:
-        z = op.fwd(x, op.weight, op.bias if self.bias else None)
-        sign = torch.where(z >= 0, 1.0, -1.0).to(z.dtype)
-        return [Term(x, recip_(z.add_(sign.mul_(self.eps))), op.weight)]
+    def terms(self, x: torch.Tensor, op: LinearOp, nonneg: bool | None = None,
+              z: torch.Tensor | None = None) -> list[Term]:
+        if z is None:
+            z = op.fwd(x, op.weight, op.bias if self.bias else None)
+        elif not self.bias and op.bias is not None:
+            z = z - _bias_map(op.bias, z)
+        # z may be the forward's output, which others read: left as it is
+        shift = torch.where(z >= 0, 1.0, -1.0).to(z.dtype).mul_(self.eps)
+        return [Term(x, recip_(shift.add_(z)), op.weight)]
 
 
 @dataclass(frozen=True)

@@ -149,7 +149,8 @@ def _run(model: nn.Module, image: torch.Tensor, rule: RuleLike, graph: Graph | N
     for kind in kinds:
         if isinstance(kind, ReLU):
             (j,) = kind.inputs
-            kind.overwrite = kinds[j].new_output and remaining[j] == 1 and j != graph.output
+            kind.overwrite = (kinds[j].new_output and remaining[j] == 1 and j != graph.output
+                              and not getattr(kinds[j], "keeps_output", False))
     outs: list[Any] = [None] * len(nodes)
     with torch.no_grad():
         for i, kind in enumerate(kinds):
