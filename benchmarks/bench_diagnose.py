@@ -7,9 +7,9 @@ against a plain forward pass over the same batches, in the same run (target: <= 
     python benchmarks/bench_diagnose.py --width 0.25 --images 8 --rounds 3
     python benchmarks/bench_diagnose.py --rule alpha1beta0 --rule epsilon
 
-``--rule`` (repeatable) fingerprints with each LRP rule in the same run, one ratio each:
-α1β0 needs a convolution of its own for the denominators z⁺; ε takes z from the forward
-pass.
+``--rule`` (repeatable) fingerprints with each LRP rule in the same run, one ratio each
+(default: diagnose's rule, ε, and the study's α1β0): α1β0 needs a convolution of its own
+for the denominators z⁺; ε takes z from the forward pass.
 
 ``--clock cpu`` times the CPU the process used instead of the wall clock: with
 ``--threads 1`` other processes on a shared machine do not inflate it. Both sides run with
@@ -35,7 +35,7 @@ from segscope import SegNet
 from segscope.allocator import keep_freed_memory
 from segscope.data import SyntheticRoads
 from segscope.explain.graph import build_graph
-from segscope.fingerprint import RELEVANCE_KEEP, image_fingerprints, layout_of
+from segscope.fingerprint import DIAGNOSE_RULE, RELEVANCE_KEEP, image_fingerprints, layout_of
 
 
 def main() -> None:
@@ -52,9 +52,10 @@ def main() -> None:
     p.add_argument("--allocator", choices=("keep", "system"), default="keep",
                    help="keep freed memory as the segscope command does, or glibc's defaults")
     p.add_argument("--rule", action="append", default=None,
-                   help="LRP rule of the sweep (repeat to compare; default alpha1beta0)")
+                   help="LRP rule of the sweep (repeat to compare; default: diagnose's "
+                        f"{DIAGNOSE_RULE} and the study's alpha1beta0)")
     args = p.parse_args()
-    rules = args.rule or ["alpha1beta0"]
+    rules = args.rule or [DIAGNOSE_RULE, "alpha1beta0"]
     kept = args.allocator == "keep" and keep_freed_memory()
     if args.clock == "cpu" and args.device != "cpu":
         p.error("--clock cpu times CPU work; use the wall clock on a GPU")

@@ -39,7 +39,7 @@ from .failure import (
     layer_divergence,
     score_images,
 )
-from .fingerprint import Fingerprints, Layout, image_fingerprints, layout_of
+from .fingerprint import DIAGNOSE_RULE, Fingerprints, Layout, image_fingerprints, layout_of
 
 #: Images per cached chunk (and per unit of work shared out under torchrun).
 CHUNK = 16
@@ -258,7 +258,7 @@ def fingerprint_source(
     cls: int,
     *,
     assign: str = "score",
-    rule: str = "alpha1beta0",
+    rule: str = DIAGNOSE_RULE,
     batch_size: int = 4,
     workers: int = 0,
     cache_dir: str | os.PathLike | None = None,
@@ -459,7 +459,7 @@ def diagnose(
     *,
     cls: str | int = "road",
     assign: str = "score",
-    rule: str = "alpha1beta0",
+    rule: str = DIAGNOSE_RULE,
     labels: bool | None = None,
     split: str | None = None,
     data_kind: str = "auto",

@@ -35,6 +35,7 @@ from .diagnose import (
     training_sizes,
 )
 from .errors import SegscopeError, agree
+from .fingerprint import DIAGNOSE_RULE
 
 #: Real images shown on the contact sheet of the most likely failures.
 CONTACT_IMAGES = 12
@@ -285,7 +286,7 @@ def run_diagnose(checkpoint: str | os.PathLike, out: str | os.PathLike, *, synth
                         kind=kwargs.get("data_kind", "auto"), id_map=kwargs.get("id_map"),
                         size=real_size, limit=kwargs.get("limit"))
         check_settings(model, kwargs.get("cls", "road"), kwargs.get("assign", "score"),
-                       kwargs.get("rule", "alpha1beta0"), rea)
+                       kwargs.get("rule", DIAGNOSE_RULE), rea)
         error = None
         if d.rank == 0:
             try:

@@ -32,9 +32,10 @@ from ._options import dataset_kind_options, device_option, parse_size
 @click.option("--assign", default="score", show_default=True,
               type=click.Choice(["score", "prob", "one"]),
               help="Initial relevance of the concept's pixels.")
-@click.option("--rule", default="alpha1beta0", show_default=True,
-              help="LRP rule, e.g. alpha1beta0, epsilon:0.01, or per layer "
-                   "'conv1_1=zbox, default=alpha1beta0'.")
+# the default is segscope.fingerprint.DIAGNOSE_RULE (not imported: --help stays fast)
+@click.option("--rule", default="epsilon", show_default=True,
+              help="LRP rule, e.g. epsilon, alpha1beta0 (the study's), epsilon:0.01, or per "
+                   "layer 'conv1_1=zbox, default=epsilon'.")
 @click.option("--size", default=None,
               help="Resize every image to HxW (default: the scale the model was trained on: "
                    "real images at its training width with their own aspect ratio, synthetic "
