@@ -44,7 +44,7 @@ from ._options import dataset_kind_options, device_option, parse_size
               help="Use only the first N real images.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True,
               help="Images per batch: read together, fingerprinted in one forward pass "
-                   "and one LRP sweep (about 0.75 GB each for the full SegNet at "
+                   "and one LRP sweep (about 0.8 GB each for the full SegNet at "
                    "360x480).")
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
               help="DataLoader worker processes.")
