@@ -254,7 +254,8 @@ def _train_config(config: AblationConfig, setting: Setting, device: str, resume:
         size=config.size, width=config.width, iters=config.iters,
         batch_size=config.batch_size, optimizer=config.optimizer, lr=config.lr,
         weight_decay=config.weight_decay, schedule=config.schedule, warmup=config.warmup,
-        class_weights=config.class_weights, checkpoint_every=config.checkpoint_every,
+        class_weights=config.class_weights, loss=config.loss,
+        checkpoint_every=config.checkpoint_every,
         seed=config.seed, device=device, workers=config.workers, quiet=config.quiet,
         resume=resume, stop_after=config.stop_after_iters)
 

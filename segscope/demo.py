@@ -146,7 +146,8 @@ def step_train(ctx: DemoContext) -> None:
         data=ctx.data["train"], val_data=ctx.data["monitor"], out=str(ctx.out / "train"),
         width=o.width, iters=o.iters, batch_size=o.batch_size, optimizer=o.optimizer, lr=o.lr,
         weight_decay=o.weight_decay, schedule=o.schedule, warmup=o.warmup,
-        class_weights=o.class_weights, val_every=o.val_every, seed=o.seed, device=o.device,
+        class_weights=o.class_weights, loss=o.loss, val_every=o.val_every, seed=o.seed,
+        device=o.device,
         quiet=o.quiet, log_every=10, resume=o.resume and _has_checkpoint(ctx.out / "train"),
     )
     ctx.log(f"train: SegNet width {o.width}, {o.iters} iterations of {o.batch_size} images, "

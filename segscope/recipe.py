@@ -28,6 +28,7 @@ class Recipe:
     # fewer false positives than the full weights (markings IoU is the harder half of
     # the demo's bar).
     class_weights: str = "sqrt"
+    loss: str = "ce"
 
 
 __all__ = ["Recipe"]

@@ -34,7 +34,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
@@ -55,6 +54,7 @@ from .checkpoint import (
 from .data.classes import IGNORE, ROAD3
 from .device import resolve_device
 from .errors import SegscopeError, agree
+from .losses import LOSSES, segmentation_loss
 from .metrics import class_pixel_counts, median_frequency_weights
 from .models import SegNet
 from .predict import autocast, evaluate_dataset
@@ -97,6 +97,7 @@ class TrainConfig:
     schedule: str = "constant"
     warmup: int = 0
     class_weights: str = "median"
+    loss: str = "ce"
     weight_sample: int = 64
     val_every: int = 0
     log_every: int = 10
@@ -265,7 +266,8 @@ def make_optimizer(params, config: TrainConfig) -> torch.optim.Optimizer:
 
 # -- one step ----------------------------------------------------------------------------
 class TrainStep:
-    """One optimisation step: forward, weighted cross-entropy, backward, update.
+    """One optimisation step: forward, loss (weighted cross-entropy, optionally with soft
+    Dice: :func:`~segscope.losses.segmentation_loss`), backward, update.
 
     Parameters
     ----------
@@ -275,12 +277,14 @@ class TrainStep:
         Its optimizer.
     class_weights
         (K,) cross-entropy weights or ``None``.
+    loss
+        One of :data:`~segscope.losses.LOSSES`.
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer,
                  class_weights: torch.Tensor | None, device: torch.device,
                  channels_last: bool = False, bf16: bool = False,
-                 ignore_index: int = IGNORE) -> None:
+                 ignore_index: int = IGNORE, loss: str = "ce") -> None:
         self.model = model
         self.optimizer = optimizer
         self.weight = None if class_weights is None else class_weights.to(device)
@@ -288,6 +292,7 @@ class TrainStep:
         self.channels_last = channels_last
         self.bf16 = bf16
         self.ignore_index = ignore_index
+        self.loss = loss
         self.non_blocking = device.type == "cuda"
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -298,8 +303,8 @@ class TrainStep:
             images = images.contiguous(memory_format=torch.channels_last)
         with autocast(self.device, self.bf16):
             scores = self.model(images)
-        loss = F.cross_entropy(scores.float(), labels, weight=self.weight,
-                               ignore_index=self.ignore_index)
+        loss = segmentation_loss(scores.float(), labels, self.weight, self.ignore_index,
+                                 self.loss)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -655,7 +660,7 @@ _INTS = ("iters", "epochs", "batch_size", "warmup", "val_every", "log_every",
          "checkpoint_every", "seed", "workers", "weight_sample", "limit", "val_limit",
          "stop_after")
 _FLOATS = ("width", "lr", "momentum", "weight_decay")
-_STRS = ("optimizer", "schedule", "class_weights", "device")
+_STRS = ("optimizer", "schedule", "class_weights", "loss", "device")
 
 
 def _check_types(c: TrainConfig) -> None:
@@ -715,6 +720,8 @@ def check_config(c: TrainConfig) -> None:
         raise SegscopeError(f"lr must be positive, got {c.lr}")
     if c.class_weights not in ("median", "sqrt", "none"):
         raise SegscopeError(f"unknown class weighting {c.class_weights!r} (median, sqrt, none)")
+    if c.loss not in LOSSES:
+        raise SegscopeError(f"unknown loss {c.loss!r} ({', '.join(LOSSES)})")
     if c.optimizer not in ("sgd", "adam"):
         raise SegscopeError(f"unknown optimizer {c.optimizer!r} (sgd or adam)")
     if c.schedule not in ("constant", "cosine", "poly"):
@@ -882,7 +889,7 @@ def _run(config: TrainConfig, d: _Dist, out: Path, header: dict | None,
         worker_init_fn=_ignore_sigint if config.workers > 0 else None,
     )
     step_fn = TrainStep(net, optimizer, weights if config.class_weights != "none" else None,
-                        d.device, config.channels_last, config.bf16)
+                        d.device, config.channels_last, config.bf16, loss=config.loss)
 
     p = header or {}
     step, epoch, in_epoch = p.get("step", 0), p.get("epoch", 0), p.get("batch_in_epoch", 0)

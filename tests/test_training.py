@@ -237,6 +237,7 @@ def test_optimizer_state_round_trips_without_pickle(tmp_path):
 def test_bad_configs():
     for kw, match in [(dict(iters=None), "--iters"), (dict(iters=2, epochs=1), "either"),
                       (dict(iters=0), "at least 1"), (dict(optimizer="rmsprop"), "optimizer"),
+                      (dict(loss="dice"), "unknown loss 'dice'"),
                       (dict(data=Scenes(1)), "fewer than one batch")]:
         with pytest.raises(SegscopeError, match=match):
             train(config(Path("/nonexistent/never-written"), **kw))
@@ -295,6 +296,20 @@ def test_train_cli_writes_outputs_and_guards_resume(tmp_path, capsys):
     assert exit_code(["train", "--data", "synthetic:4:nosuchpreset", "--iters", "1",
                 "--out", str(tmp_path / "x"), "-q"]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_train_cli_loss_is_recorded_and_kept_on_resume(tmp_path, capsys):
+    data = camvid_folder(tmp_path / "camvid")
+    out = tmp_path / "run"
+    args = ["train", "--data", str(data), "--width", "0.0625", "--iters", "2",
+            "--batch-size", "2", "--loss", "ce+dice", "--out", str(out), "-q"]
+    assert exit_code(args) == 0
+    assert json.loads((out / "config.json").read_text())["loss"] == "ce+dice"
+    assert load_model(out / "model.safetensors")[1]["train_config"]["loss"] == "ce+dice"
+    capsys.readouterr()
+    assert exit_code(["train", "--resume", "--out", str(out), "--loss", "ce", "-q"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--loss ce differs" in err[0]
 
 
 def test_resume_with_a_relative_data_path_from_anywhere(tmp_path, monkeypatch, capsys):

@@ -12,7 +12,7 @@ from ._options import MAX_SIDE, device_option, overwrite_option, parse_size
 _FIXED = ("data", "val_data", "split", "val_split", "size", "limit", "val_limit", "width",
           "iters", "epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay",
           "schedule", "warmup",
-          "class_weights", "weight_sample", "seed", "channels_last", "bf16", "pretrained")
+          "class_weights", "loss", "weight_sample", "seed", "channels_last", "bf16", "pretrained")
 
 
 @click.command("train")
@@ -49,6 +49,9 @@ _FIXED = ("data", "val_data", "split", "val_split", "size", "limit", "val_limit"
               default="median", show_default=True,
               help="Cross-entropy class weights: median-frequency balancing, its square "
               "root (milder), or none.")
+@click.option("--loss", type=click.Choice(["ce", "ce+dice"]), default="ce", show_default=True,
+              help="Cross-entropy, or cross-entropy plus soft Dice of road and markings "
+              "(thin classes weigh as much as large ones; the demo's recipe).")
 @click.option("--weight-sample", type=int, default=64, show_default=True,
               help="Training images the median-frequency weights are estimated from.")
 @click.option("--val-every", type=int, default=0, show_default=True,
