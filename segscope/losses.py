@@ -4,8 +4,9 @@ Cross-entropy counts pixels: a class that covers 2 % of the image (lane markings
 the loss by 2 % however badly it is segmented, and class weights only scale that up.
 The soft Dice term (Milletari et al. 2016) scores each class by the overlap of its
 predicted probabilities with its pixels, relative to the class's own size, so a thin
-class weighs as much as a large one: on the demo's ``urban`` scenes it lifted the
-synthetic markings IoU from 0.42 to 0.55 in the same 1200 iterations (README).
+class weighs as much as a large one. On the demo's recipe (1200 iterations, two seeds) it
+lifted the synthetic markings IoU by 0.12 and 0.02 and cost CamVid's road surface 0.01
+(README, "Synthetic data that transfers"); the demo keeps plain cross-entropy.
 """
 
 from __future__ import annotations
