@@ -35,6 +35,7 @@ from .diagnose import (
     training_sizes,
 )
 from .errors import SegscopeError, agree
+from .explain.rules import parse_rules
 from .fingerprint import DIAGNOSE_RULE
 
 #: Real images shown on the contact sheet of the most likely failures.
@@ -274,6 +275,8 @@ def run_diagnose(checkpoint: str | os.PathLike, out: str | os.PathLike, *, synth
                     **{k: kwargs.get(k) for k in ("split", "data_kind", "labels", "cls",
                                                   "assign", "rule", "limit")}}
         settings["id_map"] = str(kwargs["id_map"]) if kwargs.get("id_map") else None
+        # the rule as parsed: "EPSILON" and "epsilon:1e-06" are the rule "epsilon" is
+        kwargs["rule"] = settings["rule"] = parse_rules(kwargs.get("rule", DIAGNOSE_RULE)).text
         calibration = kwargs.get("calibration") or ()
         if tuple(calibration) == ("presets",):
             calibration = PRESET_CALIBRATION

@@ -80,6 +80,9 @@ def method_labels(methods: Sequence[str], rules: Sequence[str]) -> list[tuple[st
         if m in NOT_MAPS:
             raise SegscopeError(f"method {m!r} makes a prototype image, not a map of this image; "
                                 "it cannot be scored by perturbation")
+        if m.startswith("lrp:"):  # how the tables label it; the rule goes in --rule
+            raise SegscopeError(f"method {m!r}: give LRP as 'lrp' and its rule with --rule "
+                                f"(e.g. --methods lrp --rule {m[4:]})")
         if m not in FAITHFULNESS_METHODS:
             raise SegscopeError(f"unknown method {m!r}; choose from "
                                 f"{', '.join(FAITHFULNESS_METHODS)}")

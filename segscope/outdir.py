@@ -105,9 +105,17 @@ def claim_output(
 
 
 def changed_settings(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
-    """The names of the settings that differ between an earlier run's and this one's
-    (for a ``--resume`` refusal that says which option to give back)."""
-    return sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+    """The settings that differ between an earlier run's and this one's, each as its
+    name with both values when they are short (``"rule: alpha1beta0 -> epsilon:1e-06"``),
+    for a ``--resume`` refusal that says which option to give back."""
+    out = []
+    for k in sorted(before.keys() | now.keys()):
+        old, new = before.get(k), now.get(k)
+        if old == new:
+            continue
+        shown = (f"{old}", f"{new}")
+        out.append(f"{k}: {shown[0]} -> {shown[1]}" if max(map(len, shown)) <= 40 else k)
+    return out
 
 
 def check_output(

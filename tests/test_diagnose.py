@@ -375,6 +375,13 @@ def test_cli_writes_folder_and_resumes(tmp_path, tiny_checkpoint, capsys):
     assert code == 0, err
     assert cached.stat().st_mtime_ns == stamp
     assert _read_csv(out / "images.csv") == rows
+    # the rule is recorded as parsed: the default written another way is the same run
+    assert summary["settings"]["rule"] == "epsilon:1e-06"
+    (out / "images.csv").unlink()
+    code, _, err = run_cli(args + ["--resume", "--rule", "EPSILON:0.000001"], capsys)
+    assert code == 0, err
+    code, _, err = run_cli(args + ["--resume", "--rule", "alpha1beta0"], capsys)
+    assert code == 2 and "other settings (rule: epsilon:1e-06 -> alpha1beta0)" in err, err
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -259,13 +259,14 @@ def test_cli_writes_the_folder_and_resumes(tmp_path, tiny_checkpoint, capsys):
     # other settings on resume: refused, naming what differs
     steps = args.index("--steps") + 1
     code, _, err = run_cli([*args[:steps], "6", *args[steps + 1:], "--resume"], capsys)
-    assert code == 2 and "other settings (steps)" in err, err
+    assert code == 2 and "other settings (steps: 4 -> 6)" in err, err
 
 
 @pytest.mark.parametrize("extra, message", [
     (["--patch", "100"], "larger than the 32x48 image"),
     (["--steps", "0"], "--steps must be at least 1"),
     (["--methods", "lrp,nope"], "unknown method 'nope'"),
+    (["--methods", "lrp:epsilon"], "--methods lrp --rule epsilon"),
     (["--baseline", "zebra"], "unknown baseline 'zebra'"),
     (["--class", "3", "--concept", "label"], "selects no pixels in any of the 1 images"),
 ])

@@ -202,7 +202,8 @@ def test_parse_rule(text, rule):
 
 
 @pytest.mark.parametrize("text", ["alpha1beta1", "alpha0.5beta-0.5", "lrp", "epsilon:x",
-                                  "gamma:1:2"])
+                                  "gamma:1:2", "epsilon:inf", "epsilon:1e400", "gamma:inf",
+                                  "epsilon:nan", "zbox:-inf:1"])
 def test_bad_rules_are_one_line_errors(text):
     with pytest.raises(SegscopeError) as info:
         parse_rule(text)

@@ -199,7 +199,7 @@ def test_synth_never_mixes_two_runs_and_resumes_its_own(tmp_path, run_cli):
     assert len(list((out / "images").iterdir())) == 6
     r = run_cli(["synth", "--out", str(out), "--n", "3", "--seed", "5", "--size", "32x48",
                  "--resume"])
-    assert r.code == 2 and "other settings (n, seed)" in r.err, r.err
+    assert r.code == 2 and "other settings (n: 6 -> 3, seed: 0 -> 5)" in r.err, r.err
     r = run_cli(["synth", "--out", str(out), "--n", "3", "--seed", "5", "--size", "32x48",
                  "--overwrite", "-q"])
     assert r.code == 0

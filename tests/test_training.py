@@ -312,6 +312,30 @@ def test_train_cli_loss_is_recorded_and_kept_on_resume(tmp_path, capsys):
     assert len(err) == 1 and "--loss ce differs" in err[0]
 
 
+def test_resume_of_a_run_from_before_the_loss_setting(tmp_path, capsys):
+    """A run written before ``--loss`` existed trained with cross-entropy: resuming it
+    with ``--loss ce`` is the same run, ``--loss ce+dice`` is not."""
+    from segscope.checkpoint import read_metadata
+    from segscope.training import CHECKPOINT, STATE_KEY, load_training_state
+
+    data = camvid_folder(tmp_path / "camvid")
+    out = tmp_path / "run"
+    assert exit_code(["train", "--data", str(data), "--width", "0.0625", "--iters", "2",
+                      "--batch-size", "2", "--out", str(out), "-q"]) == 0
+    header, state = load_training_state(out)
+    del header["config"]["loss"]
+    meta = {k: v for k, v in read_metadata(out / CHECKPOINT).items()
+            if k in ("kind", "step", "image_size")}
+    write_model_file(load_model(out / CHECKPOINT)[0], out / CHECKPOINT, meta,
+                     extra_tensors=state, extra_metadata={STATE_KEY: json.dumps(header)})
+    assert "loss" not in load_training_state(out, tensors=False)[0]["config"]
+    capsys.readouterr()
+    assert exit_code(["train", "--resume", "--out", str(out), "--loss", "ce", "-q"]) == 0
+    assert "differs" not in capsys.readouterr().err
+    assert exit_code(["train", "--resume", "--out", str(out), "--loss", "ce+dice", "-q"]) == 2
+    assert "--loss ce+dice differs from the interrupted run (ce)" in capsys.readouterr().err
+
+
 def test_resume_with_a_relative_data_path_from_anywhere(tmp_path, monkeypatch, capsys):
     data = camvid_folder(tmp_path / "camvid")
     monkeypatch.chdir(tmp_path)

@@ -50,8 +50,8 @@ _FIXED = ("data", "val_data", "split", "val_split", "size", "limit", "val_limit"
               help="Cross-entropy class weights: median-frequency balancing, its square "
               "root (milder), or none.")
 @click.option("--loss", type=click.Choice(["ce", "ce+dice"]), default="ce", show_default=True,
-              help="Cross-entropy, or cross-entropy plus soft Dice of road and markings "
-              "(thin classes weigh as much as large ones; the demo's recipe).")
+              help="Cross-entropy, or cross-entropy plus 1 - the mean soft Dice of the "
+              "classes (thin classes such as markings weigh as much as large ones).")
 @click.option("--weight-sample", type=int, default=64, show_default=True,
               help="Training images the median-frequency weights are estimated from.")
 @click.option("--val-every", type=int, default=0, show_default=True,
@@ -106,17 +106,19 @@ def train(ctx: click.Context, **kw) -> None:
         adopt_unmarked_run(out)
         claim_output(out, "train", resume=True)  # only checks: a train run is there
         _, _, saved = resume_point(out, tensors=False)
+        defaults = {"loss": "ce"}  # settings added since the first release
         for name in _FIXED:
             if ctx.get_parameter_source(name) != click.core.ParameterSource.COMMANDLINE:
                 continue
             value = list(size) if name == "size" and size else kw[name]
-            before = saved.get(name)
+            # a setting a run of an earlier version did not record had its default then
+            before = saved.get(name, defaults.get(name))
             if name in PATH_FIELDS:  # the same folder however it is written
                 value, before = absolute_if_path(value), absolute_if_path(before)
             if value != before:
                 flag = "--" + name.replace("_", "-")
                 raise SegscopeError(
-                    f"{flag} {kw[name]} differs from the interrupted run ({saved.get(name)}); "
+                    f"{flag} {kw[name]} differs from the interrupted run ({before}); "
                     "drop it to resume, or train into a new --out"
                 )
     config = TrainConfig(**{**kw, "size": size})

@@ -31,6 +31,7 @@ every command's ``--rule`` goes through it.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -389,9 +390,12 @@ _ALPHA_BETA = re.compile(r"^alpha([0-9.]+)beta([0-9.]+)(:nobias)?$")
 
 def _float(text: str, spec: str) -> float:
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         raise SegscopeError(f"bad number {text!r} in rule {spec!r}") from None
+    if not math.isfinite(value):  # inf zeroes every share, nan poisons them
+        raise SegscopeError(f"bad number {text!r} in rule {spec!r}: not finite")
+    return value
 
 
 def parse_rule(spec: Rule | str) -> Rule:
