@@ -52,7 +52,8 @@ def explain(ctx, checkpoint, image_path, method, cls, pixel, mask_path, kind, la
 
     \b
     LRP writes into --out:
-      relevance.npz   pixels (H,W), input (3,H,W), layer/<name> (C,h,w) for --keep,
+      relevance.npz   pixels (H,W), input (3,H,W), layer/<name> (C,h,w) for --keep
+                      NAMES or all, totals/<name> (C,) for --keep totals,
                       absorbed_names/absorbed_values, output_total, concept, rule
       heatmap.png     pixel relevance, blue (negative) - white - red (positive), eq 8.2
       overlay.png     the heatmap blended over the image
@@ -228,8 +229,8 @@ def _run_lrp(model, image, concept, rule, keep, out_dir, quiet) -> None:
         import click
 
         click.echo(f"{e.description}: output relevance {e.output_total:.4g}, pixels "
-                   f"{e.input_total:.4g} ({share:.1%}), absorbed by biases "
-                   f"{sum(e.absorbed.values()):.4g} -> {out_dir}")
+                   f"{e.input_total:.4g} ({share:.1%}), absorbed on the way (biases, "
+                   f"stabilisers) {sum(e.absorbed.values()):.4g} -> {out_dir}")
 
 
 # -- gradient family ---------------------------------------------------------------------
