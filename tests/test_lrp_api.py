@@ -255,3 +255,22 @@ def test_keep_dir_files_appear_complete_under_their_names(tiny_segnet, tmp_path)
     assert names == ["conv1_2.npy", "pool3.npy"]  # no temporary files left
     disk = np.load(tmp_path / "kept" / "pool3.npy")
     np.testing.assert_array_equal(disk[1], e[1].layers["pool3"].numpy())
+
+
+def test_a_state_explains_with_its_own_rule(tiny_segnet):
+    """A state holds one rule's denominators: lrp takes that rule, accepts the same rule
+    written another way, and refuses another one rather than silently using the state's."""
+    from segscope.explain import forward_state
+
+    img = torch.rand(3, 32, 48, generator=torch.Generator().manual_seed(2))
+    concept = Concept.pixel("road", 10, 20)
+    st = forward_state(tiny_segnet, img, "epsilon:0.01")
+    fresh = lrp(tiny_segnet, img, concept, rule="epsilon:0.01")
+    for rule in (None, "EPSILON:1e-2"):
+        e = lrp(tiny_segnet, img, concept, rule=rule, state=st)
+        assert e.rule == "epsilon:0.01"
+        torch.testing.assert_close(e.input, fresh.input, rtol=0, atol=0)
+    with pytest.raises(SegscopeError, match="differs from the rule the given state"):
+        lrp(tiny_segnet, img, concept, rule="alpha1beta0", state=st)
+    # without a state the default is the study's rule
+    assert lrp(tiny_segnet, img, concept).rule == "alpha1beta0"

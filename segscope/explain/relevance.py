@@ -203,11 +203,22 @@ def _alloc(shape: tuple[int, ...], dtype: torch.dtype, path: Path | None,
     return torch.from_numpy(maps[-1])
 
 
+#: The rule of :func:`lrp` and :func:`lrp_batch` when neither a rule nor a state is given.
+DEFAULT_RULE = "alpha1beta0"
+
+
+def _same_rule(state: ForwardState, rule: RuleLike | None) -> None:
+    if rule is not None and parse_rules(rule).text != state.rule_spec.text:
+        raise SegscopeError(f"rule {parse_rules(rule).text!r} differs from the rule the given "
+                            f"state was prepared for ({state.rule_spec.text!r}); drop one, or "
+                            "prepare the state with this rule")
+
+
 def lrp(
     model: nn.Module,
     image: torch.Tensor,
     concept: Concept | Sequence[Concept],
-    rule: RuleLike = "alpha1beta0",
+    rule: RuleLike | None = None,
     keep: str | Sequence[str] | None = None,
     batch_size: int | None = None,
     dtype_keep: torch.dtype = torch.float32,
@@ -233,7 +244,9 @@ def lrp(
         (``"conv1_1=zbox,conv=alpha1beta0,default=epsilon:0.01"``) or mapping
         (``{"conv1_1": "zbox", "default": "alpha1beta0"}``; keys: layer names, ``first``,
         ``conv``, ``linear``, ``add``, ``default``), or a parsed
-        :class:`~segscope.explain.rules.RuleSpec`.
+        :class:`~segscope.explain.rules.RuleSpec`. Default: the rule of ``state`` when
+        one is given, else ``"alpha1beta0"``; a rule other than ``state``'s is an error
+        (the state's denominators are that rule's).
     keep
         Layers whose relevance to keep: ``None``, a list of names, ``"all"`` (every
         layer's map), or ``"totals"`` (every layer's per-channel totals only, computed
@@ -258,7 +271,8 @@ def lrp(
     concepts = _concepts([concept] if single else list(concept))
     model = unwrap(model)
     if state is None:
-        state = forward_state(model, image, rule)
+        state = forward_state(model, image, DEFAULT_RULE if rule is None else rule)
+    _same_rule(state, rule)
     _single_image(state, "lrp")
     class_names = _class_names(state)
     initial = torch.stack([c.initial_relevance(state.scores, class_names) for c in concepts])
@@ -271,7 +285,7 @@ def lrp_batch(
     model: nn.Module,
     images: torch.Tensor | Sequence[torch.Tensor],
     concepts: Sequence[Concept],
-    rule: RuleLike = "alpha1beta0",
+    rule: RuleLike | None = None,
     keep: str | Sequence[str] | None = None,
     dtype_keep: torch.dtype = torch.float32,
     keep_dir: str | os.PathLike | None = None,
@@ -313,7 +327,8 @@ def lrp_batch(
     if release is None:
         release = state is None
     if state is None:
-        state = forward_batch(model, images, rule)
+        state = forward_batch(model, images, DEFAULT_RULE if rule is None else rule)
+    _same_rule(state, rule)
     if not state.batched:
         raise SegscopeError("lrp_batch needs the state of a batch (forward_batch); use "
                             "lrp for one image")
