@@ -164,12 +164,19 @@ def main() -> None:
                 print(f"{preset:<11} this / baseline (cpu), median of rounds: "
                       f"{statistics.median(ratio):.2f}x")
         print(f"DataLoader over SyntheticRoads, {args.workers} workers, batch {BATCH}, "
-              f"{20 * args.images} images:")
+              f"{20 * args.images} images, median of {args.runs} runs (min-max):")
+        loader = {(side, preset): [] for side in sides for preset in presets}
+        for _ in range(args.runs):  # a run starts its own workers; rounds interleave
+            for preset in presets:
+                for side, gen in sides.items():
+                    loader[side, preset].append(gen.ask(loader=preset, workers=args.workers,
+                                                        images=20 * args.images)[0])
         for preset in presets:
             line = f"{preset:<11}"
-            for side, gen in sides.items():
-                rate = gen.ask(loader=preset, workers=args.workers, images=20 * args.images)[0]
-                line += f" {side} {rate:7.1f} images/s"
+            for side in sides:
+                v = loader[side, preset]
+                line += (f" {side} {statistics.median(v):7.1f} images/s "
+                         f"({min(v):.0f}-{max(v):.0f})")
             print(line)
     finally:
         for gen in sides.values():
