@@ -289,7 +289,7 @@ def run_diagnose(checkpoint: str | os.PathLike, out: str | os.PathLike, *, synth
                         kind=kwargs.get("data_kind", "auto"), id_map=kwargs.get("id_map"),
                         size=real_size, limit=kwargs.get("limit"))
         check_settings(model, kwargs.get("cls", "road"), kwargs.get("assign", "score"),
-                       kwargs.get("rule", DIAGNOSE_RULE), rea)
+                       kwargs["rule"], rea)
         error = None
         if d.rank == 0:
             try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import click
 
 from ..errors import SegscopeError
@@ -106,13 +108,13 @@ def train(ctx: click.Context, **kw) -> None:
         adopt_unmarked_run(out)
         claim_output(out, "train", resume=True)  # only checks: a train run is there
         _, _, saved = resume_point(out, tensors=False)
-        defaults = {"loss": "ce"}  # settings added since the first release
+        # a setting a run of an earlier version did not record had its default then
+        defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
         for name in _FIXED:
             if ctx.get_parameter_source(name) != click.core.ParameterSource.COMMANDLINE:
                 continue
             value = list(size) if name == "size" and size else kw[name]
-            # a setting a run of an earlier version did not record had its default then
-            before = saved.get(name, defaults.get(name))
+            before = saved.get(name, defaults[name])
             if name in PATH_FIELDS:  # the same folder however it is written
                 value, before = absolute_if_path(value), absolute_if_path(before)
             if value != before:

@@ -71,6 +71,8 @@ class NodeKind:
     absorbs: ClassVar[bool] = False
     is_input: ClassVar[bool] = False
     new_output: ClassVar[bool] = False
+    #: the forward keeps the output for the rule (so nothing may overwrite it in place)
+    keeps_output: ClassVar[bool] = False
 
     def __init__(self, index: int, node: Node) -> None:
         self.index, self.node = index, node

@@ -208,10 +208,14 @@ DEFAULT_RULE = "alpha1beta0"
 
 
 def _same_rule(state: ForwardState, rule: RuleLike | None) -> None:
-    if rule is not None and parse_rules(rule).text != state.rule_spec.text:
-        raise SegscopeError(f"rule {parse_rules(rule).text!r} differs from the rule the given "
-                            f"state was prepared for ({state.rule_spec.text!r}); drop one, or "
-                            "prepare the state with this rule")
+    """Refuse a ``rule`` other than the one a given ``state`` was prepared for."""
+    if rule is None:
+        return
+    text = parse_rules(rule).text
+    if text != state.rule_spec.text:
+        raise SegscopeError(f"rule {text!r} differs from the rule the given state was "
+                            f"prepared for ({state.rule_spec.text!r}); drop one, or prepare "
+                            "the state with this rule")
 
 
 def lrp(
@@ -272,7 +276,8 @@ def lrp(
     model = unwrap(model)
     if state is None:
         state = forward_state(model, image, DEFAULT_RULE if rule is None else rule)
-    _same_rule(state, rule)
+    else:
+        _same_rule(state, rule)
     _single_image(state, "lrp")
     class_names = _class_names(state)
     initial = torch.stack([c.initial_relevance(state.scores, class_names) for c in concepts])
@@ -328,7 +333,8 @@ def lrp_batch(
         release = state is None
     if state is None:
         state = forward_batch(model, images, DEFAULT_RULE if rule is None else rule)
-    _same_rule(state, rule)
+    else:
+        _same_rule(state, rule)
     if not state.batched:
         raise SegscopeError("lrp_batch needs the state of a batch (forward_batch); use "
                             "lrp for one image")

@@ -150,7 +150,7 @@ def _run(model: nn.Module, image: torch.Tensor, rule: RuleLike, graph: Graph | N
         if isinstance(kind, ReLU):
             (j,) = kind.inputs
             kind.overwrite = (kinds[j].new_output and remaining[j] == 1 and j != graph.output
-                              and not getattr(kinds[j], "keeps_output", False))
+                              and not kinds[j].keeps_output)
     outs: list[Any] = [None] * len(nodes)
     with torch.no_grad():
         for i, kind in enumerate(kinds):
