@@ -28,7 +28,7 @@ import random
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +67,11 @@ STATE_KEY = "segscope_train_state"
 
 #: Settings that may differ when a run is resumed: they do not change the result.
 RUNTIME_FIELDS = ("device", "workers", "quiet", "out", "resume", "overwrite", "stop_after")
+#: Settings a resumed run must share with the interrupted one: they change the result.
+RESUME_FIXED = ("data", "val_data", "split", "val_split", "size", "limit", "val_limit",
+                "width", "iters", "epochs", "batch_size", "optimizer", "lr", "momentum",
+                "weight_decay", "schedule", "warmup", "class_weights", "loss",
+                "weight_sample", "seed", "channels_last", "bf16", "pretrained")
 
 
 @dataclasses.dataclass
@@ -540,11 +545,13 @@ def resume_point(out: Path, tensors: bool = True
 
 # -- logging -----------------------------------------------------------------------------
 def _flat_row(record: dict[str, Any]) -> dict[str, Any]:
+    """One CSV row: nested records become ``<key>_<name>`` columns (``val_iou_road_surface``:
+    no spaces in a column name)."""
     row = {k: v for k, v in record.items() if not isinstance(v, dict)}
     for k, v in record.items():
         if isinstance(v, dict):
             for name, value in v.items():
-                row[f"{k}_{name}"] = value
+                row[f"{k}_{name}".replace(" ", "_")] = value
     return row
 
 
@@ -728,6 +735,42 @@ def check_config(c: TrainConfig) -> None:
         raise SegscopeError(f"unknown schedule {c.schedule!r} (constant, cosine, poly)")
 
 
+def check_resumed(config: TrainConfig, saved: dict[str, Any],
+                  given: Iterable[str] | None = None, cli: bool = False) -> None:
+    """Raise when a setting given for a resumed run differs from the interrupted run's.
+
+    ``given``: the settings set explicitly (the command line's options); by default those
+    of :data:`RESUME_FIXED` that differ from :class:`TrainConfig`'s defaults. A setting a
+    run of an earlier version did not record had its default then.
+    """
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    names = [n for n in RESUME_FIXED if n in set(given)] if given is not None else [
+        n for n in RESUME_FIXED if _comparable(n, getattr(config, n))
+        != _comparable(n, defaults[n])]
+    for name in names:
+        value = getattr(config, name)
+        if name in ("data", "val_data") and not isinstance(value, str | os.PathLike | None):
+            continue  # a dataset object: its images were not recorded
+        before = saved.get(name, defaults[name])
+        if _comparable(name, value) != _comparable(name, before):
+            shown = "none" if value is None else (
+                "x".join(map(str, value)) if name == "size" else value)
+            setting = (f"--{name.replace('_', '-')} {shown}" if cli else f"{name}={value!r}")
+            raise SegscopeError(
+                f"{setting} differs from the interrupted run ({before}); "
+                + ("drop it to resume, or train into a new --out" if cli else
+                   "leave it at its default to resume, or train into a new out"))
+
+
+def _comparable(name: str, value: Any) -> Any:
+    """A setting as it is compared on resume (the same folder however it is written)."""
+    if name in PATH_FIELDS:
+        return absolute_if_path(value)
+    if name == "size" and value is not None:
+        return tuple(value)
+    return value
+
+
 def _merge_resumed(new: TrainConfig, saved: dict[str, Any]) -> TrainConfig:
     """The saved run's config, with only the runtime settings taken from ``new``."""
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -797,6 +840,7 @@ def train(config: TrainConfig) -> TrainResult:
             adopt_unmarked_run(out)
             claim_output(out, "train", resume=True)  # only checks: a train run is there
         header, state_tensors, saved = resume_point(out)
+        check_resumed(config, saved)
         config = _merge_resumed(config, saved)
     try:
         check_config(config)

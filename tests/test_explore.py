@@ -319,10 +319,13 @@ def test_real_dataset_scored_on_road_surface(camvid_root, tmp_path):
     assert [w["id"] for w in catalog.diagnosis] == ["d0-0"] and not catalog.notes
     view = explorer.view("d0-0")
     assert view["has_label"] and view["scored_on"].startswith("road surface")
-    assert view["iou"]["markings"] is None and view["failure_score"] == 0.5
+    assert set(view["iou"]) == {"background", "road surface"} and view["failure_score"] == 0.5
     image, label = catalog.load("d0-0")
     pred = explorer.scores("d0-0").argmax(0)
     valid = label != 255
     road_p, road_l = (pred >= 1) & valid, (label >= 1) & valid
-    assert view["iou"]["road"] == pytest.approx(
+    assert view["iou"]["road surface"] == pytest.approx(
         int((road_p & road_l).sum()) / int((road_p | road_l).sum()))
+    back_p, back_l = (pred == 0) & valid, (label == 0) & valid
+    assert view["iou"]["background"] == pytest.approx(
+        int((back_p & back_l).sum()) / int((back_p | back_l).sum()))

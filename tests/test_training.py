@@ -116,6 +116,24 @@ def test_resume_is_bit_exact(reference, tmp_path, name, stop):
     assert_same_run(ref, tmp_path)
 
 
+def test_api_resume_refuses_a_setting_that_differs_and_takes_the_same_ones(reference, tmp_path):
+    """``train(TrainConfig(resume=True, loss=...))`` used to take the saved config silently:
+    a setting given (not at its default) that differs from the interrupted run is an error;
+    the same settings given again resume as usual."""
+    ref, kw = reference["sgd"]
+    train(config(tmp_path, stop_after=3, **kw))
+    before = (tmp_path / CHECKPOINT).read_bytes()
+    for change in (dict(loss="ce+dice"), dict(iters=9), dict(width=0.125), dict(size=(8, 8))):
+        with pytest.raises(SegscopeError, match=f"{next(iter(change))}=.* differs from the "
+                                                "interrupted run"):
+            train(TrainConfig(data=Scenes(10), out=str(tmp_path), resume=True, quiet=True,
+                              **change))
+        assert (tmp_path / CHECKPOINT).read_bytes() == before
+    resumed = train(config(tmp_path, resume=True, **kw))  # every setting as saved
+    assert resumed.step == 7
+    assert_same_run(ref, tmp_path)
+
+
 def test_training_changes_the_model_and_learns_something(reference):
     out, _ = reference["adam"]
     rows = _history(out)
@@ -611,3 +629,18 @@ def test_kills_at_random_moments_always_resume_bit_exact(tmp_path):
     assert_same_run(reference, run)
     print(f"kills {kills}, double Ctrl-C {ctrl_c}, {mid_write} left a temporary file")
     assert not list(run.glob(".*.tmp"))  # what killed writers left is cleaned up
+
+
+def test_metrics_csv_columns_have_no_spaces(tmp_path):
+    """A real validation set scored on the road surface gave a ``val_iou_road surface``
+    column."""
+    from segscope.training import write_metrics
+
+    history = [{"step": 1, "loss": 0.5},
+               {"step": 2, "loss": 0.25, "val_miou": 0.75,
+                "val_iou": {"background": 0.9, "road surface": 0.6}}]
+    write_metrics(tmp_path, history, plot=False)
+    lines = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert lines[0] == "step,loss,val_miou,val_iou_background,val_iou_road_surface"
+    assert lines[1:] == ["1,0.5,,,", "2,0.25,0.75,0.9,0.6"]
+    assert json.loads((tmp_path / "metrics.json").read_text()) == history

@@ -2,19 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import click
 
 from ..errors import SegscopeError
 from ._options import MAX_SIDE, device_option, overwrite_option, parse_size
-
-#: Option names whose value, when given on the command line together with --resume,
-#: must agree with the interrupted run (they change the result).
-_FIXED = ("data", "val_data", "split", "val_split", "size", "limit", "val_limit", "width",
-          "iters", "epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay",
-          "schedule", "warmup",
-          "class_weights", "loss", "weight_sample", "seed", "channels_last", "bf16", "pretrained")
 
 
 @click.command("train")
@@ -92,10 +83,10 @@ def train(ctx: click.Context, **kw) -> None:
     """
     from ..outdir import check_out_path, claim_output
     from ..training import (
-        PATH_FIELDS,
+        RESUME_FIXED,
         TrainConfig,
-        absolute_if_path,
         adopt_unmarked_run,
+        check_resumed,
         resume_point,
     )
     from ..training import train as run
@@ -108,21 +99,9 @@ def train(ctx: click.Context, **kw) -> None:
         adopt_unmarked_run(out)
         claim_output(out, "train", resume=True)  # only checks: a train run is there
         _, _, saved = resume_point(out, tensors=False)
-        # a setting a run of an earlier version did not record had its default then
-        defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
-        for name in _FIXED:
-            if ctx.get_parameter_source(name) != click.core.ParameterSource.COMMANDLINE:
-                continue
-            value = list(size) if name == "size" and size else kw[name]
-            before = saved.get(name, defaults[name])
-            if name in PATH_FIELDS:  # the same folder however it is written
-                value, before = absolute_if_path(value), absolute_if_path(before)
-            if value != before:
-                flag = "--" + name.replace("_", "-")
-                raise SegscopeError(
-                    f"{flag} {kw[name]} differs from the interrupted run ({before}); "
-                    "drop it to resume, or train into a new --out"
-                )
+        given = [name for name in RESUME_FIXED
+                 if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE]
+        check_resumed(TrainConfig(**{**kw, "size": size}), saved, given, cli=True)
     config = TrainConfig(**{**kw, "size": size})
     result = run(config)
     if not config.quiet and result.model_path is not None:

@@ -202,14 +202,16 @@ class Explorer:
                "predicted_share": {n: float((pred == k).float().mean())
                                    for k, n in enumerate(self.class_names)}}
         if label is not None:
+            names = self.class_names
             if item.extra.get("road_surface"):
                 # Labels without markings (CamVid 11-class): scored on the road surface,
-                # as segscope evaluate does.
-                from ..data.real import merge_road_surface
+                # as segscope evaluate does, under that name.
+                from ..data.real import ROAD_SURFACE, merge_road_surface
 
                 pred, label = merge_road_surface(pred, label)
+                names = list(ROAD_SURFACE)
                 out["scored_on"] = "road surface (these labels have no markings)"
-            m = ConfusionMatrix(len(self.class_names), self.class_names).update(pred, label)
+            m = ConfusionMatrix(len(names), names).update(pred, label)
             metrics = m.metrics()
             out.update(iou=metrics["iou"], miou=metrics["miou"],
                        pixel_accuracy=metrics["global_accuracy"])

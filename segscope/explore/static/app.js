@@ -136,8 +136,16 @@ async function openImage(id) {
   $("image-caption").textContent = `${v.name} · ${v.height}×${v.width}`;
   const t = el("table");
   t.appendChild(row(["class", "IoU", "predicted"], "th"));
-  S.info.classes.forEach((c) => t.appendChild(row([c, v.iou ? pct(v.iou[c]) : "no label",
-                                                      pct(v.predicted_share[c])])));
+  if (v.iou && v.iou["road surface"] !== undefined) {
+    // labels without markings: IoU of the road surface, with the share predicted road or markings
+    const share = (cs) => cs.reduce((s, c) => s + (v.predicted_share[c] || 0), 0);
+    t.appendChild(row(["background", pct(v.iou.background), pct(share(["background"]))]));
+    t.appendChild(row(["road surface", pct(v.iou["road surface"]),
+                       pct(share(S.info.classes.filter((c) => c !== "background")))]));
+  } else {
+    S.info.classes.forEach((c) => t.appendChild(row([c, v.iou ? pct(v.iou[c]) : "no label",
+                                                        pct(v.predicted_share[c])])));
+  }
   if (v.miou !== null) t.appendChild(row(["mean", pct(v.miou), ""]));
   if (v.failure_score !== undefined) t.appendChild(row(["failure score", fmt(v.failure_score), ""]));
   $("image-numbers").innerHTML = "";
