@@ -157,3 +157,36 @@ def test_click_brush_and_gradcam_in_the_browser(page):
                  and d.find_element(By.ID, "error-text").text, "the error message")
     assert "refused" in text and "Traceback" not in text
     assert request(f"{url}/api/info")[0] == 200
+
+
+def test_labels_without_markings_show_the_road_surface_iou(camvid_root):
+    """CamVid's labels have no markings class: the image's table shows background and road
+    surface IoU (the numbers the API gives), not a road row holding the road surface's."""
+    from selenium.webdriver.common.by import By
+
+    catalog = Catalog([str(camvid_root / "val.txt")], size=SIZE)
+    explorer = Explorer(tiny_model(), catalog)
+    view = explorer.view("d0-0")
+    profile = tempfile.mkdtemp(prefix="segscope-chromium-")
+    driver = None
+    try:
+        with running(explorer) as url:
+            driver = chrome(profile)
+            driver.set_page_load_timeout(60)
+            driver.get(url + "/")
+
+            def table(d):
+                rows = [[c.text for c in r.find_elements(By.CSS_SELECTOR, "th, td")]
+                        for r in d.find_elements(By.CSS_SELECTOR, "#image-numbers tr")]
+                return rows if len(rows) > 2 else False
+            rows = _wait(driver, table, "the image's IoU table")
+    finally:
+        if driver is not None:
+            driver.quit()
+        catalog.close()
+        shutil.rmtree(profile, ignore_errors=True)
+    assert [r[0] for r in rows[:3]] == ["class", "background", "road surface"]
+    assert rows[2][1] == f"{100 * view['iou']['road surface']:.1f} %"
+    assert rows[1][1] == f"{100 * view['iou']['background']:.1f} %"
+    share = view["predicted_share"]
+    assert rows[2][2] == f"{100 * (share['road'] + share['markings']):.1f} %"
