@@ -44,8 +44,8 @@ from .fingerprint import DIAGNOSE_RULE, Fingerprints, Layout, image_fingerprints
 #: Images per cached chunk (and per unit of work shared out under torchrun).
 CHUNK = 16
 #: Scores in the order of the correlation table: the failure score, its variants, baselines.
-SCORES = ("failure_score", "fv_js", "fv_js_z", "fv_knn", "fv_z", "max_softmax", "entropy",
-          "atc", "act_js", "colour_js", "share_shift")
+SCORES = ("failure_score", "fv_js", "fv_js_z", "fv_knn", "fv_z", "fv_conflict", "max_softmax",
+          "entropy", "atc", "act_js", "colour_js", "share_shift")
 #: The baselines (label-free signals that do not use relevance).
 BASELINES = ("max_softmax", "entropy", "atc", "act_js", "colour_js", "share_shift")
 #: Channels reported as moving most between synthetic and badly segmented real images.

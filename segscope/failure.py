@@ -18,6 +18,10 @@ baseline, all oriented by :data:`DIRECTION`:
 - ``fv_knn`` — mean over layers of the divergence to the k nearest synthetic profiles;
 - ``fv_z`` — per-channel z-scores of the feature values against the synthetic channels'
   mean and spread, root-mean-square per layer, averaged over layers;
+- ``fv_conflict`` — per layer, the share of the relevance that runs against the layer's
+  net total (channels whose total has the other sign: evidence against the concept the
+  network had to overrule), the median over layers; it needs no reference, and is 0 for
+  a rule without negative relevance (α1β0);
 - baselines: ``max_softmax`` (mean max-softmax), ``entropy`` (mean entropy), ``atc``
   (Garg et al. 2022: share of pixels whose confidence exceeds a threshold fitted so that
   on the synthetic set that share equals the pixel accuracy), ``act_js`` (the probe on
@@ -38,7 +42,7 @@ from .fingerprint import COLOUR_BINS, CONFIDENCE_BINS, Fingerprints, Layout
 
 #: +1: a higher value means failure is more likely; -1: a lower value does.
 DIRECTION: dict[str, int] = {
-    "failure_score": 1, "fv_js": 1, "fv_js_z": 1, "fv_knn": 1, "fv_z": 1,
+    "failure_score": 1, "fv_js": 1, "fv_js_z": 1, "fv_knn": 1, "fv_z": 1, "fv_conflict": 1,
     "max_softmax": -1, "entropy": 1, "atc": -1, "act_js": 1, "colour_js": 1, "share_shift": 1,
 }
 #: The measure reported as ``failure_score`` when no calibration set is given (with one,
@@ -93,6 +97,19 @@ def js_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     both, one = pz[:, None] & qz[None], pz[:, None] ^ qz[None]
     out[both], out[one] = 0.0, 1.0
     return out
+
+
+def layer_conflict(fv: np.ndarray, slices: Mapping[str, slice]) -> np.ndarray:
+    """(N, L): per layer, the share of each row's relevance mass in channels whose feature
+    value is negative (fv sum to the channel count, so those oppose the layer's net
+    total): ``sum(max(-fv, 0)) / sum(|fv|)``, 0 for an all-zero row."""
+    out = []
+    for s in slices.values():
+        x = np.asarray(fv[:, s], np.float64)
+        mass = np.abs(x).sum(1)
+        out.append(np.divide(np.clip(-x, 0, None).sum(1), mass, out=np.zeros(len(x)),
+                             where=mass > 0))
+    return np.stack(out, axis=1)
 
 
 def _layer_js(x: np.ndarray, ref: np.ndarray, slices: Mapping[str, slice]) -> np.ndarray:
@@ -201,6 +218,7 @@ def score_images(ref: Reference, fps: Fingerprints, knn: int = KNN,
     out["fv_knn"] = knn_layers.mean(1)
     z = (fps.fv - ref.fv_mean) / ref.fv_sd
     out["fv_z"] = np.stack([np.sqrt((z[:, s] ** 2).mean(1)) for s in slices.values()], 1).mean(1)
+    out["fv_conflict"] = np.median(layer_conflict(fps.fv, slices), axis=1)
     out["max_softmax"] = fps.scalar("max_softmax").copy()
     out["entropy"] = fps.scalar("entropy").copy()
     out["atc"] = atc_scores(fps.confidence, ref.atc_threshold)

@@ -121,6 +121,23 @@ def test_moved_profile_gives_expected_ranking():
         assert list(np.argsort(s[name])) == [0, 1, 2, 3], name
 
 
+def test_conflict_is_the_median_share_of_relevance_against_each_layers_total():
+    """fv sum to the channel count, so a layer's negative fv oppose its net total; by hand:
+    layer a (3 ch) [2, -1, 2]: 1 / 5; b (2 ch) [1, 1]: 0; c (2 ch) [3, -1]: 1 / 4 ->
+    median 0.2. A profile without negative relevance (α1β0) has conflict 0 everywhere."""
+    from segscope.failure import layer_conflict
+
+    layout = Layout(("a", "b", "c"), (3, 2, 2), ("x",), (2,))
+    row = np.array([[2.0, -1.0, 2.0, 1.0, 1.0, 3.0, -1.0],
+                    [1.0, 1.0, 1.0, 0.5, 1.5, 0.0, 2.0]])
+    per = layer_conflict(row, layout.slices())
+    np.testing.assert_allclose(per, [[0.2, 0.0, 0.25], [0.0, 0.0, 0.0]], atol=1e-15)
+    syn = _fingerprints(np.array([[1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]] * 3), layout)
+    s = score_images(fit_reference(syn), _fingerprints(row, layout))
+    np.testing.assert_allclose(s["fv_conflict"], [0.2, 0.0], atol=1e-15)
+    assert layer_conflict(np.zeros((1, 7)), layout.slices()).tolist() == [[0.0, 0.0, 0.0]]
+
+
 def test_empty_concepts_are_kept_marked_and_scored():
     layout = Layout(("a",), (3,), ("x",), (2,))
     syn = _fingerprints(np.array([[1.0, 1.0, 1.0], [1.1, 0.9, 1.0], [0.9, 1.1, 1.0]]), layout)
