@@ -166,6 +166,20 @@ def model_config(meta: Any, path: str | os.PathLike = "checkpoint") -> dict[str,
 
     if not isinstance(meta, dict):
         raise bad(f"is a JSON {type(meta).__name__}, not an object")
+    version = meta.get("format", FORMAT_VERSION)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise bad(f"has format = {_clip(version)}, not a format version")
+    if version > FORMAT_VERSION:
+        raise SegscopeError(f"{path}: checkpoint format {version} is newer than this segscope "
+                            f"reads ({FORMAT_VERSION}); upgrade segscope")
+    train_config = meta.get("train_config")
+    for what, size in (("image_size", meta.get("image_size")),
+                       ("train_config size", train_config.get("size")
+                        if isinstance(train_config, dict) else None)):
+        if size is not None and not (isinstance(size, list) and len(size) == 2 and all(
+                isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 65536
+                for v in size)):
+            raise bad(f"has {what} = {_clip(size)}, not [height, width]")
     config = meta.get("model")
     if not isinstance(config, dict):
         raise bad(f"has 'model' = {_clip(config)}, not an object describing the network")

@@ -58,7 +58,12 @@ def segmentation_loss(scores: torch.Tensor, labels: torch.Tensor,
     scenes: synthetic road 0.888 and markings 0.541 against 0.905 and 0.549, CamVid road
     surface 0.789 against 0.830.)
     """
-    out = F.cross_entropy(scores, labels, weight=weight, ignore_index=ignore_index)
+    if bool((labels == ignore_index).all()):
+        # no labelled pixel in the batch: nothing to learn from it (the weighted mean of
+        # no pixels is 0/0), a zero loss that keeps the graph
+        out = scores.sum() * 0.0
+    else:
+        out = F.cross_entropy(scores, labels, weight=weight, ignore_index=ignore_index)
     if loss == "ce+dice":
         out = out + (1 - soft_dice(scores, labels, ignore_index).mean())
     elif loss != "ce":

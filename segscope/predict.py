@@ -217,6 +217,31 @@ def _predict_at_scale(model: nn.Module, image: torch.Tensor, device: torch.devic
     return scores.argmax(1)[0].cpu().numpy()
 
 
+def output_names(files: Sequence[Path]) -> list[str]:
+    """The name each image's outputs take: its stem (``a`` for ``a.png``); where two images
+    share a stem, stem and extension (``a_png``, ``a_jpg``); where those are shared too
+    (the same file name in two folders), a number after them (``a_png_2``) — never a name
+    another image has by the rules before (``a_2.png`` keeps ``a_2``)."""
+    from collections import Counter
+
+    stems = Counter(p.stem for p in files)
+    natural = [p.stem if stems[p.stem] == 1 else f"{p.stem}_{p.suffix.lstrip('.').lower()}"
+               for p in files]
+    taken, out = set(natural), []
+    counts = Counter(natural)
+    seen: set[str] = set()
+    for name in natural:
+        if counts[name] > 1 and name in seen:
+            n = 2
+            while f"{name}_{n}" in taken:
+                n += 1
+            name = f"{name}_{n}"
+            taken.add(name)
+        seen.add(name)
+        out.append(name)
+    return out
+
+
 def predict_files(
     model: nn.Module,
     inputs: Sequence[str | os.PathLike],
@@ -247,17 +272,12 @@ def predict_files(
     out.mkdir(parents=True, exist_ok=True)
     names = getattr(model, "class_names", None) or [f"class{i}" for i in range(256)]
     model.eval()
-    records, used = [], set()
-    for path in tqdm(files, desc="predict", disable=quiet, unit="img"):
+    records = []
+    for path, stem in tqdm(list(zip(files, output_names(files), strict=True)), desc="predict",
+                           disable=quiet, unit="img"):
         image = load_image(path, size)
         labels = _predict_at_scale(model, image, device,
                                    None if size is not None else trained_size)
-        stem = path.stem
-        n = 1
-        while stem in used:  # same file name in two input folders
-            n += 1
-            stem = f"{path.stem}_{n}"
-        used.add(stem)
         outputs = {
             "prediction": write_png(out / f"{stem}_pred.png", colourize(labels)),
             "overlay": write_png(out / f"{stem}_overlay.png", overlay(image, labels, alpha)),

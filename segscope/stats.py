@@ -50,13 +50,14 @@ def bootstrap_interval(
     """Percentile bootstrap interval of ``stat(x, y)`` over resampled pairs.
 
     Resamples whose statistic is NaN (e.g. a constant resample) are left out; when fewer
-    than half remain the interval is (NaN, NaN). The same ``seed`` gives the same interval.
+    than half remain the interval is (NaN, NaN), as it is for ``n_boot=0`` (no interval).
+    The same ``seed`` gives the same interval.
     """
     x, y = as_numpy(x).ravel(), as_numpy(y).ravel()
     if x.shape != y.shape:
         raise ValueError(f"x and y differ in length: {x.size} vs {y.size}")
     n = x.size
-    if n < 3:
+    if n < 3 or n_boot <= 0:
         return float("nan"), float("nan")
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, n, size=(n_boot, n))

@@ -67,6 +67,8 @@ STATE_KEY = "segscope_train_state"
 
 #: Settings that may differ when a run is resumed: they do not change the result.
 RUNTIME_FIELDS = ("device", "workers", "quiet", "out", "resume", "overwrite", "stop_after")
+#: The largest seed (torch's generators take a signed 64-bit integer).
+MAX_SEED = 2**63 - 1
 #: Settings a resumed run must share with the interrupted one: they change the result.
 RESUME_FIXED = ("data", "val_data", "split", "val_split", "size", "limit", "val_limit",
                 "width", "iters", "epochs", "batch_size", "optimizer", "lr", "momentum",
@@ -721,6 +723,8 @@ def check_config(c: TrainConfig) -> None:
         v = getattr(c, name)
         if not v >= 0:  # also catches NaN
             raise SegscopeError(f"{name.replace('_', '-')} must be non-negative, got {v}")
+    if c.seed > MAX_SEED:
+        raise SegscopeError(f"seed must be at most {MAX_SEED} (2**63 - 1), got {c.seed}")
     if c.val_every and c.val_data is None:
         raise SegscopeError("--val-every needs --val-data (the data to validate on)")
     if not c.lr > 0:
@@ -972,11 +976,15 @@ def _run(config: TrainConfig, d: _Dist, out: Path, header: dict | None,
     if image_size is None and header is not None:  # until the first batch of this session
         image_size = read_metadata(out / CHECKPOINT).get("image_size")
 
+    def diverged(loss_text: str) -> SegscopeError:
+        kept = (f"the last good checkpoint in {out} is kept" if (out / CHECKPOINT).is_file()
+                else "no checkpoint was written yet")
+        return SegscopeError(f"training diverged: the loss is {loss_text} at step {step}; "
+                             f"lower --lr ({kept})")
+
     def checkpoint() -> None:
         if not bool(torch.isfinite(loss_sum)):
-            raise SegscopeError(
-                f"training diverged: the loss is not finite at step {step}; lower --lr "
-                f"(the last good checkpoint in {out} is kept)")
+            raise diverged("not finite")
         if d.main:
             save_training_state(out, model, optimizer, progress(), image_size)
         _barrier(d)
@@ -1017,10 +1025,7 @@ def _run(config: TrainConfig, d: _Dist, out: Path, header: dict | None,
                                   "loss": float(loss_sum) / loss_count if loss_count else None,
                                   "seconds": round(elapsed_before + time.perf_counter() - t0, 3)}
                         if record["loss"] is not None and not math.isfinite(record["loss"]):
-                            raise SegscopeError(
-                                f"training diverged: the loss is {record['loss']} at step "
-                                f"{step}; lower --lr (the last good checkpoint in {out} is "
-                                "kept)")
+                            raise diverged(str(record["loss"]))
                         bar.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
                         loss_sum.zero_()
                         loss_count = 0

@@ -61,6 +61,10 @@ def test_bootstrap_interval_and_row():
     assert row["kendall_lo"] <= row["kendall"] <= row["kendall_hi"]
     assert row == correlation_row(x, y, n_boot=300, seed=3)  # same seed, same interval
     assert correlation_row([1.0, np.nan, 3.0, 4.0], [1.0, 2.0, 3.0, 5.0], n_boot=10)["n"] == 3
+    # --bootstrap 0: the correlations without intervals (it raised IndexError)
+    row0 = correlation_row(x, y, n_boot=0)
+    assert row0["spearman"] == row["spearman"] and np.isnan(row0["spearman_lo"])
+    assert np.isnan(row0["kendall_hi"])
 
 
 # -- failure scores on hand-made fingerprints -------------------------------------------------

@@ -77,3 +77,20 @@ def test_dice_pull_on_a_class_grows_slower_than_its_size():
     assert ce8 == pytest.approx(8 * ce1, rel=1e-6)
     assert dice1 > 0 and dice8 < 5 * dice1  # sub-linear in the class's size
     assert dice1 / ce1 > 1.5 * (dice8 / ce8)
+
+
+@pytest.mark.parametrize("loss", ["ce", "ce+dice"])
+def test_a_batch_without_labelled_pixels_has_zero_loss_and_zero_gradient(loss):
+    """The weighted mean of no pixels was 0/0: one all-ignore label stopped training as
+    "diverged". Nothing is learnt from such a batch; a labelled one is unchanged."""
+    logits, labels = _case()
+    logits = logits.clone().requires_grad_(True)
+    weight = torch.tensor([0.5, 2.0])
+    out = segmentation_loss(logits, torch.full_like(labels, IGNORE), weight, IGNORE, loss)
+    out.backward()
+    assert out.item() == 0.0 and torch.equal(logits.grad, torch.zeros_like(logits))
+    assert math.isnan(F.cross_entropy(logits, torch.full_like(labels, IGNORE), weight=weight,
+                                      ignore_index=IGNORE).item())  # what it was
+    with_labels = segmentation_loss(logits, labels, weight, IGNORE, "ce")
+    assert with_labels.item() == pytest.approx(
+        F.cross_entropy(logits, labels, weight=weight, ignore_index=IGNORE).item())

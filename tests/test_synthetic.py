@@ -195,6 +195,36 @@ def test_unknown_preset_and_setting_are_one_line_errors():
         SyntheticRoads(3, preset="nope")
 
 
+@pytest.mark.parametrize("setting,message", [
+    (dict(lane_width=0), "'lane_width' must be in"), (dict(hfov=0), "'hfov' must be in"),
+    (dict(jpeg=float("inf")), "bad value"), (dict(cam_height=-1), "'cam_height' must be in"),
+    (dict(gamma=0), "'gamma' must be in"), (dict(pitch=90), "'pitch' must be in"),
+    (dict(hfov=180), "'hfov' must be in"), (dict(curvature=1e300), "'curvature' must be in"),
+    (dict(vehicles=10**9), "'vehicles' must be in"), (dict(tint=(1, 9, 1)), "'tint' must be in"),
+    (dict(asphalt_rgb=(0.3, 0.3, 1.5)), "'asphalt_rgb' must be in"),
+    (dict(jpeg=0.5), "bad value"), (dict(pole_spacing=0.5), "0 \\(none\\) or at least"),
+    (dict(ego_lane=1), "needs lanes set too"), (dict(ego_lane=3, lanes=3), "below lanes"),
+])
+def test_settings_outside_their_physical_range_are_one_line_errors(setting, message):
+    """Each of these divided by zero, overflowed, or rendered no scene (a white image, a
+    camera below the road, all background) or never finished."""
+    with pytest.raises(SegscopeError, match=message):
+        render_scene(0, 0, (16, 24), "urban", **setting)
+
+
+@pytest.mark.parametrize("preset", ["narrow", "urban", "randomized"])
+def test_every_drawn_scene_is_within_the_settings_ranges(preset):
+    """A value read off a manifest can always be fixed with --set: the ranges hold every
+    scene the presets draw."""
+    import dataclasses
+
+    from segscope.data.synthetic import check_overrides, scene_params
+
+    for i in range(150):
+        params = dataclasses.asdict(scene_params(5, i, preset))
+        assert check_overrides(params) == params
+
+
 def test_fast_remainder_is_numpys_to_the_bit():
     """The generator's remainder (float64 quotient, one correction) against np.mod."""
     from segscope.data.synthetic_canvas import fmod

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -18,7 +19,7 @@ from PIL import Image
 
 from segscope import SegNet, load_model, save_model
 from segscope.checkpoint import training_size, write_model_file
-from segscope.data.classes import ROAD3_COLOURS
+from segscope.data.classes import ROAD3, ROAD3_COLOURS
 from segscope.errors import SegscopeError
 from segscope.training import (
     CHECKPOINT,
@@ -418,8 +419,13 @@ def test_predict_cli(tiny_segnet, tmp_path, capsys):
     assert exit_code(["predict", "-c", str(ckpt), str(data / "val"), str(data / "train" / "s0.png"),
                 "--out", str(out), "-q"]) == 0
     names = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
-    assert names == sorted(f"{s}_{k}.png" for s in ("s0", "s1", "s0_2")
-                           for k in ("pred", "overlay", "labels"))
+    assert names == sorted([f"{s}_{k}.png" for s in ("s0_png", "s1", "s0_png_2")
+                            for k in ("pred", "overlay", "labels")] + ["predictions.csv"])
+    index = list(csv.DictReader((out / "predictions.csv").open()))
+    assert [(Path(r["input"]).relative_to(data).as_posix(), r["labels"]) for r in index] == [
+        ("val/s0.png", "s0_png_labels.png"), ("val/s1.png", "s1_labels.png"),
+        ("train/s0.png", "s0_png_2_labels.png")]
+    assert all(abs(sum(float(r[f"share_{c}"]) for c in ROAD3) - 1) < 1e-5 for r in index)
     image = torch.from_numpy(np.asarray(Image.open(data / "val" / "s1.png"), np.float32) / 255)
     with torch.no_grad():
         expected = tiny_segnet(image.permute(2, 0, 1)[None])[0].argmax(0).numpy()
@@ -450,6 +456,17 @@ def test_predict_cli(tiny_segnet, tmp_path, capsys):
                       str(tmp_path / "p2")]) == 2
     assert f"cannot read image {mixed / 'b.png'}" in capsys.readouterr().err
     assert not (tmp_path / "p2").exists()
+
+
+def test_output_names_never_give_one_image_anothers_name():
+    """a.png, a.jpg and a_2.png were named a, a_2 and a_2_2: a_2_labels.png was not the
+    prediction of a_2.png."""
+    from segscope.predict import output_names
+
+    files = [Path("x/a.png"), Path("x/a.jpg"), Path("x/a_2.png"), Path("y/a.png"),
+             Path("y/b.png"), Path("x/a_png_2.png")]
+    assert output_names(files) == ["a_png", "a_jpg", "a_2", "a_png_3", "b", "a_png_2"]
+    assert output_names([Path("a.png")]) == ["a"]
 
 
 def test_predict_at_the_training_scale(tiny_segnet, tmp_path):
@@ -644,3 +661,10 @@ def test_metrics_csv_columns_have_no_spaces(tmp_path):
     assert lines[0] == "step,loss,val_miou,val_iou_background,val_iou_road_surface"
     assert lines[1:] == ["1,0.5,,,", "2,0.25,0.75,0.9,0.6"]
     assert json.loads((tmp_path / "metrics.json").read_text()) == history
+
+
+def test_divergence_says_whether_a_checkpoint_was_kept(tmp_path):
+    """A run that blows up before its first checkpoint no longer claims one is kept."""
+    with pytest.raises(SegscopeError, match="training diverged.*no checkpoint was written yet"):
+        train(config(tmp_path, lr=1e30, log_every=1, val_every=0, val_data=None))
+    assert not (tmp_path / CHECKPOINT).exists()

@@ -36,6 +36,8 @@ def parse_size(text: str, max_side: int | None = None) -> tuple[int, int]:
 #: The largest image side that evaluate, predict and train resize to (one 8192x8192
 #: float image is 0.8 GB; SegNet's activations need a hundred times that).
 MAX_SIDE = 8192
+#: Seeds of the commands that train or draw with torch (signed 64-bit; see training.MAX_SEED).
+SEED = click.IntRange(0, 2**63 - 1)
 
 
 def dataset_kind_options(func):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ._options import device_option, parse_size
+from ._options import SEED, device_option, parse_size
 
 
 @click.command("ablate")
@@ -41,7 +41,7 @@ from ._options import device_option, parse_size
               help="Training iterations per setting.")
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1))
 @click.option("--lr", default=3e-3, show_default=True, type=float, help="Adam learning rate.")
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
+@click.option("--seed", default=0, show_default=True, type=SEED)
 @click.option("--checkpoint-every", default=100, show_default=True, type=click.IntRange(min=0),
               help="Checkpoint each training every N iterations (what a resume keeps).")
 @click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0),

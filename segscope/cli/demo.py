@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ._options import device_option, overwrite_option, split_option
+from ._options import SEED, device_option, overwrite_option, split_option
 
 
 @click.command("demo")
@@ -15,7 +15,7 @@ from ._options import device_option, overwrite_option, split_option
 @split_option
 @click.option("--quick", is_flag=True, help="Smoke test: tiny model, few iterations (< 30 s).")
 @device_option
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--iters", type=int, default=None, help="Training iterations (default: tuned).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars; only the summary table.")
 @overwrite_option

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ._options import dataset_kind_options, device_option, parse_size
+from ._options import SEED, dataset_kind_options, device_option, parse_size
 
 
 @click.command("faithfulness")
@@ -46,7 +46,7 @@ from ._options import dataset_kind_options, device_option, parse_size
               help="Cascade points from the output layer down.")
 @click.option("--size", default=None,
               help="Resize images to HxW [the checkpoint's training size].")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--out", "-o", required=True, type=click.Path(), help="Output folder.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out.")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier run in --out.")

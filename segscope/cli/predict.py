@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from ._options import MAX_SIDE, device_option, overwrite_option, parse_size
@@ -29,6 +31,9 @@ def predict(checkpoint, inputs, out, overwrite, size, alpha, device, quiet) -> N
       <name>_pred.png     colour-coded classes (background grey, road purple, markings yellow)
       <name>_overlay.png  the colours blended over the image
       <name>_labels.png   the class ids as an 8-bit grey PNG (0, 1, 2)
+    and predictions.csv: each input file, its three outputs and the predicted class shares.
+    <name> is the file name without extension; where two inputs share it, with the
+    extension (a_png, a_jpg), and a number where those are shared too (a_png_2).
     """
     import sys
 
@@ -54,5 +59,27 @@ def predict(checkpoint, inputs, out, overwrite, size, alpha, device, quiet) -> N
     records = predict_files(model, inputs, out, device=dev,
                             size=shape, alpha=alpha, trained_size=training_size(meta),
                             quiet=quiet or not sys.stderr.isatty())
+    write_index(records, Path(out) / INDEX)
     if not quiet:
-        click.echo(f"{len(records)} image(s) -> {out}")
+        click.echo(f"{len(records)} image(s) -> {out} (index: {INDEX})")
+
+
+#: The file in --out that says which outputs belong to which input.
+INDEX = "predictions.csv"
+
+
+def write_index(records: list[dict], path: Path) -> None:
+    """One row per image: its input file, its three outputs and the predicted shares."""
+    import csv
+    import io
+
+    from .._io import write_text
+
+    classes = list(records[0]["share"]) if records else []
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["input", "prediction", "overlay", "labels", *(f"share_{c}" for c in classes)])
+    for r in records:
+        w.writerow([r["input"], *(Path(r[k]).name for k in ("prediction", "overlay", "labels")),
+                    *(f"{r['share'][c]:.6f}" for c in classes)])
+    write_text(path, buf.getvalue())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ..errors import SegscopeError
-from ._options import MAX_SIDE, device_option, overwrite_option, parse_size
+from ._options import MAX_SIDE, SEED, device_option, overwrite_option, parse_size
 
 
 @click.command("train")
@@ -53,7 +53,7 @@ from ._options import MAX_SIDE, device_option, overwrite_option, parse_size
               help="Write the mean training loss to metrics.csv every N iterations.")
 @click.option("--checkpoint-every", type=int, default=0, show_default=True,
               help="Write a resumable checkpoint every N iterations (0: at the end and on Ctrl-C).")
-@click.option("--seed", type=int, default=0, show_default=True,
+@click.option("--seed", type=SEED, default=0, show_default=True,
               help="Seed of the initialisation and the data order.")
 @device_option
 @click.option("--workers", type=int, default=0, show_default=True,

@@ -96,7 +96,7 @@ def check_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:
                     raise ValueError
             else:
                 value = str(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise SegscopeError(f"bad value {value!r} for scene setting {key!r}") from None
         # The renderer treats any unknown word as the last case, and NaN as a number:
         # both would give silently wrong scenes.
@@ -110,9 +110,23 @@ def check_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:
             raise SegscopeError(f"scene setting {key!r} must be in [0, 1], got {value}")
         if key in _COUNTS and value < 0:
             raise SegscopeError(f"scene setting {key!r} must be non-negative, got {value}")
+        if key in _RANGES:
+            lo, hi = _RANGES[key]
+            if any(not lo <= v <= hi for v in numbers):
+                raise SegscopeError(f"scene setting {key!r} must be in [{lo:g}, {hi:g}], "
+                                    f"got {value}")
+        if key in _ZERO_OR_AT_LEAST and value != 0 and value < _ZERO_OR_AT_LEAST[key]:
+            raise SegscopeError(f"scene setting {key!r} must be 0 (none) or at least "
+                                f"{_ZERO_OR_AT_LEAST[key]:g}, got {value}")
         out[key] = value
     if out.get("lanes", 1) < 1:
         raise SegscopeError("lanes must be at least 1")
+    if out.get("ego_lane", 0) > 0:
+        if "lanes" not in out:  # each scene draws its own number of lanes
+            raise SegscopeError("ego_lane above 0 needs lanes set too (e.g. --set lanes=3)")
+        if out["ego_lane"] >= out["lanes"]:
+            raise SegscopeError(f"ego_lane must be below lanes ({out['lanes']}), "
+                                f"got {out['ego_lane']}")
     return out
 
 
@@ -124,6 +138,29 @@ _UNIT = ("fog", "marking_fade", "marking_gaps", "clouds", "shadow", "rain", "par
          "bare", "facades", "walls", "driveways", "patches", "cracks", "wet", "vignette")
 _COUNTS = ("vehicles", "trees", "pedestrians", "cyclists", "manholes", "arrows", "pole_spacing",
            "sidewalk_left", "sidewalk_right", "crossing", "stop_line", "motion", "blur")
+#: Physical ranges of the other numeric settings (of each number of a colour or tint):
+#: wide around what the presets draw, narrow enough that a scene stays a road seen from a
+#: car (a zero lane width, field of view or gamma divided by zero or gave a white image;
+#: a camera below the road, or a billion vehicles, gave no scene at all).
+_RANGES: dict[str, tuple[float, float]] = {
+    "lanes": (1, 8), "lane_width": (1.0, 10.0), "ego_lane": (0, 7), "ego_offset": (-5.0, 5.0),
+    "yaw": (-0.5, 0.5), "curvature": (-0.05, 0.05), "slope": (-0.05, 0.05),
+    "shoulder_left": (0.0, 20.0), "shoulder_right": (0.0, 20.0), "dash_phase": (-1e4, 1e4),
+    "sidewalk_left": (0.0, 20.0), "sidewalk_right": (0.0, 20.0), "slab": (0.05, 5.0),
+    "buildings": (0.0, 1.0), "facade_height": (1.0, 100.0), "vehicles": (0, 50),
+    "pole_spacing": (0.0, 1000.0), "trees": (0, 200), "pedestrians": (0, 50),
+    "cyclists": (0, 50), "sun_dx": (-5.0, 5.0), "sun_dz": (-5.0, 5.0),
+    "asphalt_texture": (0.0, 1.0), "shoulder_shade": (0.0, 3.0), "manholes": (0, 20),
+    "dash_length": (0.1, 50.0), "dash_gap": (0.0, 100.0), "edge_width": (0.01, 2.0),
+    "line_width": (0.01, 2.0), "crossing": (0.0, 500.0), "stop_line": (0.0, 500.0),
+    "arrows": (0, 20), "cam_height": (0.3, 20.0), "pitch": (-0.6, 0.6), "roll": (-0.5, 0.5),
+    "hfov": (10.0, 150.0), "distortion": (-0.5, 0.5), "brightness": (0.05, 5.0),
+    "contrast": (0.0, 5.0), "gamma": (0.1, 10.0), "noise": (0.0, 1.0), "blur": (0.0, 20.0),
+    "motion": (0.0, 100.0), "jpeg": (0, 100), "tint": (0.0, 5.0),
+    **{name: (0.0, 1.0) for name, f in _FIELDS.items() if name.endswith("_rgb")},
+}
+#: Settings where 0 means "none" and a small positive value is not a scene.
+_ZERO_OR_AT_LEAST = {"pole_spacing": 2.0, "crossing": 2.0, "stop_line": 2.0, "jpeg": 1}
 
 
 def scene_params(seed: int, index: int, preset: str = "narrow",
