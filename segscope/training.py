@@ -385,6 +385,30 @@ def _optimizer_from_flat(opt: torch.optim.Optimizer, tensors: dict[str, torch.Te
     opt.load_state_dict({"state": state, "param_groups": info["param_groups"]})
 
 
+def data_fingerprint(dataset: Any) -> str | None:
+    """What tells a resumed run that its training images are the interrupted run's: a hash
+    of every image and label file's path (below their common folder) and size, for data
+    read from files; None for data made on the fly (``synthetic:...``, recorded by its
+    spec) or a dataset object that does not list its files."""
+    import hashlib
+
+    files = getattr(dataset, "files", None)
+    if not isinstance(files, list) or not files:
+        return None
+    paths = [Path(p) for pair in files for p in (pair if isinstance(pair, tuple | list)
+                                                 else (pair,))]
+    root = Path(os.path.commonpath([str(p) for p in paths])) if len(paths) > 1 else \
+        paths[0].parent
+    h = hashlib.sha256()
+    for p in paths:
+        try:
+            size = p.stat().st_size
+        except OSError:
+            size = -1
+        h.update(f"{p.relative_to(root).as_posix()}\t{size}\n".encode())
+    return h.hexdigest()[:32]
+
+
 def save_training_state(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
                         progress: dict[str, Any], image_size: list[int] | None = None) -> None:
     """Write ``out/checkpoint.safetensors``: the model and the whole training state in
@@ -879,6 +903,12 @@ def _run(config: TrainConfig, d: _Dist, out: Path, header: dict | None,
         note = getattr(dataset, "split_note", None)
         if note and d.main and not config.quiet:
             print(f"segscope: {note}", file=sys.stderr)
+    data_id = data_fingerprint(train_set)
+    if header is not None and header.get("data_fingerprint") not in (None, data_id):
+        raise SegscopeError(
+            f"the training images in {config.data} are not those the interrupted run "
+            f"started on ({len(train_set)} images now; files added, removed or rewritten); "
+            "resuming would train on other data: train into a new --out")
     if len(train_set) < config.batch_size * d.world:
         raise SegscopeError(
             f"the training set has {len(train_set)} images, fewer than one batch "
@@ -969,7 +999,7 @@ def _run(config: TrainConfig, d: _Dist, out: Path, header: dict | None,
                 "best_miou": best, "loss_sum": float(loss_sum), "loss_count": loss_count,
                 "seconds": elapsed_before + time.perf_counter() - t0,
                 "val_metrics": val_metrics, "class_weights": weights.tolist(),
-                "config": config.to_json(), "total_steps": total}
+                "config": config.to_json(), "total_steps": total, "data_fingerprint": data_id}
 
     # recorded in the model files and checkpoints: later commands show images at this scale
     image_size = list(config.size) if config.size else None

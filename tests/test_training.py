@@ -355,6 +355,27 @@ def test_resume_of_a_run_from_before_the_loss_setting(tmp_path, capsys):
     assert "--loss ce+dice differs from the interrupted run (ce)" in capsys.readouterr().err
 
 
+def test_resume_refuses_training_images_that_changed(tmp_path, capsys):
+    """A folder rewritten between the interrupt and --resume (other scenes, fewer images)
+    was trained on silently; the same images, untouched, resume as before."""
+    data = camvid_folder(tmp_path / "camvid")
+    out = tmp_path / "run"
+    args = ["train", "--data", str(data), "--width", "0.0625", "--iters", "4", "--batch-size",
+            "2", "--out", str(out), "--quiet"]
+    assert exit_code([*args, "--stop-after", "2"]) == 0
+    before = (out / CHECKPOINT).read_bytes()
+    good = (data / "train" / "s1.png").read_bytes()
+    Image.fromarray(np.full((32, 48, 3), 7, np.uint8)).save(data / "train" / "s1.png")
+    capsys.readouterr()
+    assert exit_code(["train", "--resume", "--out", str(out), "-q"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not those the interrupted run started on" in err[0]
+    assert (out / CHECKPOINT).read_bytes() == before
+    (data / "train" / "s1.png").write_bytes(good)
+    assert exit_code(["train", "--resume", "--out", str(out), "-q"]) == 0
+    assert load_model(out / "model.safetensors")[1]["step"] == 4
+
+
 def test_resume_with_a_relative_data_path_from_anywhere(tmp_path, monkeypatch, capsys):
     data = camvid_folder(tmp_path / "camvid")
     monkeypatch.chdir(tmp_path)
