@@ -123,6 +123,15 @@ def read_summary(folder: Path) -> dict[str, Any]:
     if not folder.is_dir():
         what = "is a file, not a study folder" if folder.exists() else "not found"
         raise SegscopeError(f"study folder {folder} {what}")
+    from .outdir import read_marker
+
+    made_by = (read_marker(folder) or {}).get("command")
+    if made_by not in (None, "study"):
+        inside = folder / "study"
+        where = (f"its study is {inside}" if (inside / SUMMARY_NAME).is_file()
+                 else "it writes its own report.html")
+        raise SegscopeError(f"{folder} is not a study folder: 'segscope {made_by}' made it "
+                            f"({where})")
     path = folder / SUMMARY_NAME
     if not path.is_file():
         raise SegscopeError(f"{folder} is not a study folder: it has no {SUMMARY_NAME}")

@@ -182,7 +182,16 @@ def test_bad_input_is_one_line(study_dir, tmp_path, capsys):
     (empty / "valannot").mkdir()
     (empty / "val.txt").write_text("")
     assert "no images" in _error_line(capsys, [*base, "--real", str(empty)])
+    # CamVid has no markings class: the real images cannot be picked by markings IoU
+    assert "has no markings class" in _error_line(
+        capsys, [*base, "--real", str(real), "--class", "markings"])
     assert "not a study folder" in _error_line(capsys, ["report", str(tmp_path)])
+    # another command's folder with a summary.json of its own
+    other = tmp_path / "faith"
+    other.mkdir()
+    (other / "summary.json").write_text('{"tables": []}')
+    (other / ".segscope-run.json").write_text('{"command": "faithfulness"}')
+    assert "'segscope faithfulness' made it" in _error_line(capsys, ["report", str(other)])
 
 
 def test_no_true_positives_is_a_clear_error(tmp_path, capsys):

@@ -274,6 +274,12 @@ class StudyContext:
                                                      real_kind, id_map)
             if split_note:
                 notes.append(split_note)
+            if not getattr(real_data, "has_markings", True) and \
+                    class_name(cfg.cls, list(model.class_names)) == "markings":
+                raise SegscopeError(
+                    f"the real data {real} has no markings class, so the study cannot pick "
+                    "or score its real images by markings: use --class road (scored on the "
+                    "road surface)")
         names = list(model.class_names)
         syn_spec = synthetic or default_synthetic(meta)
         syn, syn_note = _pick_synthetic(model, syn_spec, cfg, device, names)
