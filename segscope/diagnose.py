@@ -50,6 +50,8 @@ SCORES = ("failure_score", "fv_js", "fv_js_z", "fv_knn", "fv_z", "fv_conflict", 
 BASELINES = ("max_softmax", "entropy", "atc", "act_js", "colour_js", "share_shift")
 #: Channels reported as moving most between synthetic and badly segmented real images.
 TOP_CHANNELS = 6
+#: The most of them one figure shows (a pair of feature-separation maps each).
+MAX_TOP = 24
 #: Calibration sets for a fitted failure score (``--calibration presets``): 40 labelled
 #: scenes of each preset, with a seed no training or reference default uses. Opt-in: on
 #: CamVid val the fitted score was less robust than the plain distance (docs/diagnose.md).
@@ -527,6 +529,10 @@ def diagnose(
     Diagnosis
     """
     real_size = real_size or size
+    if not 0 <= top <= MAX_TOP:
+        raise SegscopeError(f"top must be in [0, {MAX_TOP}] channels, got {top}")
+    if n_boot < 0:
+        raise SegscopeError(f"n_boot must be 0 (no intervals) or more, got {n_boot}")
     if isinstance(model, str | os.PathLike):
         from .checkpoint import load_model
 

@@ -426,6 +426,30 @@ def test_bare_segscope_prints_help(capsys):
     assert code == 0 and "Usage: segscope" in out and err == ""
 
 
+def test_sigterm_unwinds_like_ctrl_c_and_leaves_no_temporary_file(tmp_path, capsys):
+    """``kill`` / ``timeout`` ended a command where it stood: a file being written stayed
+    as a ``.tmp`` beside the results. Now SIGTERM is an interrupt: exit 130, one line,
+    nothing half-written, and ``--resume`` finishes the run."""
+    out = tmp_path / "scenes"
+    args = ["synth", "--out", str(out), "--n", "400", "--size", "96x128", "--preset", "urban",
+            "-q"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "segscope", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (out / "images").is_dir() and len(list((out / "images").iterdir())) >= 5:
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert [line for line in err.splitlines() if line.strip()] == ["segscope: interrupted"]
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+    assert run_cli([*args, "--resume"], capsys)[0] == 0
+    assert len(list((out / "images").glob("*.png"))) == 400
+
+
 def test_ctrl_c_saves_and_resume_matches_an_uninterrupted_run(f, capsys, tmp_path):
     """A real SIGINT: exit 130 with one line and a checkpoint; ``--resume`` then ends
     with exactly the weights of a run that was never stopped."""
@@ -654,3 +678,16 @@ def test_evaluate_refuses_the_folder_before_any_note(f, capsys, tmp_path):
     code, _, err = run_cli(["evaluate", "-c", str(ckpt), "--data", str(f["synth"]), "--out",
                             str(f["mine"])], capsys)
     assert_one_error(code, err, "not made by segscope evaluate")
+
+
+@pytest.mark.parametrize("command", ["evaluate", "predict", "train"])
+def test_sizes_below_8x8_are_refused_by_every_command(f, capsys, tmp_path, command):
+    """synth, diagnose and faithfulness refused sizes under 8x8; evaluate, predict and
+    train took 1x1 (evaluate scored it as a perfect segmentation)."""
+    args = {"evaluate": ["evaluate", "-c", f["ckpt"], "--data", f["synth"]],
+            "predict": ["predict", "-c", f["ckpt"], f["image"], "--out", tmp_path / "p"],
+            "train": ["train", "--data", f["synth"], "--iters", "1", "--out", tmp_path / "t"],
+            }[command]
+    code, _, err = run_cli([*args, "--size", "1x1"], capsys)
+    assert_one_error(code, err, "size must be at least 8x8")
+    assert code == 2 and not (tmp_path / "p").exists() and not (tmp_path / "t").exists()

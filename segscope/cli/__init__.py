@@ -81,9 +81,26 @@ def cli() -> None:
 _NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
 
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def _terminate_as_interrupt() -> None:
+    """SIGTERM (``kill``, ``timeout``, a scheduler) unwinds like Ctrl-C: a file being
+    written is removed, not left as a ``.tmp`` beside the results, and a command that
+    saves its progress on Ctrl-C (``train``) saves it. Only where nobody else handles it."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread() \
+            and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _raise_interrupt)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point."""
     keep_freed_memory()  # pass after pass of the same large maps: reuse, don't page-fault
+    _terminate_as_interrupt()
     try:
         cli.main(args=argv, prog_name="segscope", standalone_mode=False)
     except SegscopeError as exc:

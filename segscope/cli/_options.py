@@ -26,13 +26,16 @@ def parse_size(text: str, max_side: int | None = None) -> tuple[int, int]:
         h, w = (int(v) for v in text.lower().split("x"))
     except ValueError:
         raise SegscopeError(f"size must be HxW, e.g. 360x480, got {text!r}") from None
-    if h < 1 or w < 1:
-        raise SegscopeError(f"size must be positive, got {text!r}")
+    if h < MIN_SIDE or w < MIN_SIDE:
+        raise SegscopeError(f"size must be at least {MIN_SIDE}x{MIN_SIDE}, got {text!r}")
     if max_side is not None and max(h, w) > max_side:
         raise SegscopeError(f"size {text} is too large: at most {max_side} pixels a side")
     return h, w
 
 
+#: The smallest image side any command resizes to (the generator's smallest scene; a
+#: 1x1 image was scored as a perfect segmentation).
+MIN_SIDE = 8
 #: The largest image side that evaluate, predict and train resize to (one 8192x8192
 #: float image is 0.8 GB; SegNet's activations need a hundred times that).
 MAX_SIDE = 8192

@@ -51,8 +51,9 @@ from ._options import dataset_kind_options, device_option, parse_size
 @click.option("--chunk", type=click.IntRange(min=1), default=16, show_default=True,
               help="Images per cached chunk of fingerprints (the unit --resume keeps and "
                    "torchrun processes share out).")
-@click.option("--top", type=click.IntRange(min=0), default=6, show_default=True,
-              help="Top channels reported, with their feature-separation maps.")
+@click.option("--top", type=click.IntRange(0, 24), default=6, show_default=True,
+              help="Top channels reported, with their feature-separation maps (at most 24: "
+              "each is a map pair in one figure).")
 @click.option("--bootstrap", type=click.IntRange(min=0), default=1000, show_default=True,
               help="Bootstrap resamples of the correlation intervals.")
 @click.option("--out", "-o", type=click.Path(), default="segscope-diagnose", show_default=True,
