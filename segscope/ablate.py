@@ -137,6 +137,14 @@ def ablation_settings(config: AblationConfig) -> list[Setting]:
     for name in names:
         check_factors({name: config.factor_mode})
         assert config.factor_mode in MODES
+        before = base.get(name)
+        if before == config.factor_mode or (
+                {before, config.factor_mode} == {"off", "fixed"} and not FACTORS[name].off):
+            raise SegscopeError(
+                f"factor {name!r} is already {before} in preset {config.preset!r}"
+                + (" with --base" if name in config.base_factors else "")
+                + f": a model with it {config.factor_mode} would be the all-on model "
+                "(choose factors that are on, or another --factor-mode)")
     settings = [Setting(ALL_ON)] if config.include_all else []
     settings += [Setting(f"no_{name}", {name: config.factor_mode}) for name in names
                  if name in FACTORS]

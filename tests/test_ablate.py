@@ -63,6 +63,33 @@ def test_missing_real_set_is_refused_before_any_training(tmp_path, capsys):
     assert code == 2 and "unknown factor 'shadow'" in err
 
 
+def test_settings_that_would_repeat_all_on_are_refused():
+    """urban's layout is fixed: a no_layout model was the all-on model again (Δ 0)."""
+    with pytest.raises(SegscopeError, match="'layout' is already fixed in preset 'urban'"):
+        ablation_settings(AblationConfig(real="x", preset="urban", factors=["layout"]))
+    with pytest.raises(SegscopeError, match="'noise' is already fixed in preset 'narrow'"):
+        ablation_settings(AblationConfig(real="x", preset="narrow", factors=["noise"],
+                                         factor_mode="fixed"))
+    # off is not fixed where switching off removes something (narrow's fixed kerbs)
+    s = ablation_settings(AblationConfig(real="x", preset="narrow", factors=["sidewalks"]))
+    assert [x.name for x in s] == ["all_on", "no_sidewalks"]
+
+
+def test_empty_factor_list_is_refused(tmp_path, real, capsys):
+    code, _, err = run_cli(["ablate", "--real", str(real), "--factors", " , ", "--out",
+                            str(tmp_path / "a")], capsys)
+    assert code == 2 and "--factors names no factor" in err and err.count("\n") == 1
+    assert not (tmp_path / "a").exists()
+
+
+def test_split_none_on_a_dataset_with_splits_is_refused(tmp_path, camvid_root, capsys):
+    """--split none (for folders without splits) scored CamVid's val split silently."""
+    code, _, err = run_cli(["ablate", "--real", str(camvid_root), "--split", "none",
+                            "--out", str(tmp_path / "b")], capsys)
+    assert code == 2 and "--split none is for a folder without splits" in err, err
+    assert not (tmp_path / "b").exists()
+
+
 def test_bad_training_settings_are_refused_before_the_folder_is_made(tmp_path, real,
                                                                      capsys):
     for option, value, message in (("--lr", "nan", "lr = nan is not a finite number"),

@@ -269,6 +269,10 @@ def test_cli_writes_the_folder_and_resumes(tmp_path, tiny_checkpoint, capsys):
     (["--methods", "lrp:epsilon"], "--methods lrp --rule epsilon"),
     (["--baseline", "zebra"], "unknown baseline 'zebra'"),
     (["--class", "3", "--concept", "label"], "selects no pixels in any of the 1 images"),
+    # an empty list ran every method; a rule without lrp was ignored
+    (["--methods", " , "], "--methods names no method"),
+    (["--methods", "gradcam", "--rule", "epsilon"], "--rule applies to the lrp method"),
+    (["--seed", "-1"], "-1 is not in the range"),
 ])
 def test_cli_bad_input_one_line(tmp_path, capsys, extra, message):
     # four classes: class 3 never occurs in the ROAD3 labels, an empty concept

@@ -74,10 +74,24 @@ def ablate(real, real_split, out, preset, factor_list, factor_mode, base, settin
     from ..ablate import AblationConfig, run_ablation
     from ..data.synthetic_factors import parse_factor
 
+    from ..errors import SegscopeError
+
+    if real_split == "none" and real is not None:
+        from pathlib import Path
+
+        from ..data.real import available_splits
+
+        have = available_splits(real) if Path(real).expanduser().is_dir() else []
+        if have:
+            raise SegscopeError(f"--split none is for a folder without splits; {real} has "
+                                f"{', '.join(have)} (name one, or leave --split out for val)")
     factors = None
     if factor_list is not None:
         factors = [] if factor_list.strip() == "none" else [
             f.strip() for f in factor_list.split(",") if f.strip()]
+        if not factors and factor_list.strip() != "none":
+            raise SegscopeError("--factors names no factor (give A,B,... or 'none' for "
+                                "only all-on and the --setting runs)")
     config = AblationConfig(
         real=real, out=out, preset=preset, factors=factors, factor_mode=factor_mode,
         settings=tuple(settings), base_factors=dict(parse_factor(b) for b in base),

@@ -74,10 +74,18 @@ def faithfulness(checkpoint, data, real, data_kind, id_map, methods, rules, cls,
     from ..faithfulness import DEFAULT_METHODS, DEFAULT_RULES, RunSettings, run_faithfulness
     from ._options import resolve_device
 
+    from ..errors import SegscopeError
+
+    chosen = DEFAULT_METHODS if methods is None else tuple(
+        m.strip() for m in methods.split(",") if m.strip())
+    if not chosen:
+        raise SegscopeError("--methods names no method (leave it out for all of them)")
+    if rules and "lrp" not in chosen:
+        raise SegscopeError("--rule applies to the lrp method, which --methods leaves out "
+                            "(add lrp to --methods, or drop --rule)")
     settings = RunSettings(
         cls=cls, concept=concept, assign=assign,
-        methods=tuple(m.strip() for m in methods.split(",") if m.strip()) if methods
-        else DEFAULT_METHODS,
+        methods=chosen,
         rules=tuple(rules) if rules else DEFAULT_RULES,
         patch=patch, steps=steps, regions=regions, baseline=baseline, images=images,
         sanity_images=sanity_images, sanity_steps=sanity_steps,
