@@ -214,3 +214,26 @@ def test_bad_label_is_named_and_claims_nothing(files, capsys):
                                 "--out", str(out)], capsys)
         assert code == 2 and message in err and name in err, err
         assert not out.exists()
+
+
+def test_masks_drawn_any_way_select_the_drawn_pixels(tmp_path):
+    """A mask drawn only in the alpha channel (strokes on a transparent canvas), or in
+    green (R = 0), selected no pixels: the mask was read as its first channel."""
+    from segscope.data.io import read_mask
+
+    drawn = np.zeros((6, 8), bool)
+    drawn[1:3, 2:6] = True
+    rgba = np.zeros((6, 8, 4), np.uint8)
+    rgba[drawn, 3] = 255  # black strokes, visible only through their alpha
+    green = np.zeros((6, 8, 3), np.uint8)
+    green[drawn, 1] = 200
+    opaque = np.full((6, 8, 4), 255, np.uint8)  # an opaque canvas: the colour decides
+    opaque[..., :3] = 0
+    opaque[drawn, :3] = 255
+    grey = drawn.astype(np.uint8) * 7
+    for name, array in (("rgba", rgba), ("green", green), ("opaque", opaque), ("grey", grey)):
+        Image.fromarray(array).save(tmp_path / f"{name}.png")
+        assert np.array_equal(read_mask(tmp_path / f"{name}.png"), drawn), name
+    palette = Image.fromarray(drawn.astype(np.uint8), mode="L").convert("P")
+    palette.save(tmp_path / "palette.png")
+    assert np.array_equal(read_mask(tmp_path / "palette.png"), drawn)

@@ -695,6 +695,20 @@ def test_synth_manifest_cannot_name_folders_outside(tmp_path, folder):
         open_dataset(root)
 
 
+def test_synth_folder_whose_files_disagree_with_its_manifest_is_refused(tmp_path):
+    """A manifest of 4 scenes over 3 image/label pairs (one removed) was read silently."""
+    from segscope.cli.synth import write_dataset
+    from segscope.data.synthetic import SyntheticRoads
+
+    root = tmp_path / "synth"
+    write_dataset(SyntheticRoads(4, size=(16, 24), seed=2, preset="urban"), root)
+    assert len(open_dataset(root)) == 4 and len(open_dataset(root, limit=2)) == 2
+    (root / "images" / "000002.png").unlink()
+    (root / "labels" / "000002.png").unlink()
+    with pytest.raises(SegscopeError, match="lists 4 scenes but 3 image/label pairs"):
+        open_dataset(root)
+
+
 def test_adding_a_dataset_kind_as_docs_extending_says(tmp_path, monkeypatch):
     """Runs the code of docs/extending.md's "Add a dataset" on a toy folder."""
     import re

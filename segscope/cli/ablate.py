@@ -73,7 +73,6 @@ def ablate(real, real_split, out, preset, factor_list, factor_mode, base, settin
 
     from ..ablate import AblationConfig, run_ablation
     from ..data.synthetic_factors import parse_factor
-
     from ..errors import SegscopeError
 
     if real_split == "none" and real is not None:

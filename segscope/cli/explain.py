@@ -20,7 +20,8 @@ LRP = "lrp"
 @click.option("--class", "cls", default=None, help="Class name or index to explain.")
 @click.option("--pixel", default=None, metavar="Y,X", help="Explain one output pixel.")
 @click.option("--mask", "mask_path", default=None, type=click.Path(),
-              help="Explain the pixels where this PNG is non-zero.")
+              help="Explain the pixels drawn in this PNG: non-zero (any colour channel), "
+              "or not transparent on a transparent canvas.")
 @click.option("--from-prediction", "kind", type=click.Choice(["tp", "fp", "fn"]), default=None,
               help="Explain the true/false positives/negatives of --class against --label.")
 @click.option("--label", "label_path", default=None, type=click.Path(),
@@ -59,6 +60,11 @@ def explain(ctx, checkpoint, image_path, method, cls, pixel, mask_path, kind, la
       overlay.png     the heatmap blended over the image
     Other methods write <method>.npz and <method>.png (the map over the image).
     Each explanation gets its own folder: --out must be new or empty.
+
+    The image is explained at its own size (pixels and masks are in its coordinates).
+    predict and evaluate show a real image to the model at its training scale instead:
+    to explain that decision, give the image resized to it (e.g. 144x192 for a model
+    trained at 128x192 on 360x480 frames).
 
     \b
     Example:
@@ -146,7 +152,9 @@ def _concept(cls, pixel, mask_path, kind, label_path, assign, optional=False):
             raise SegscopeError(f"--pixel must be Y,X (two integers), got {pixel!r}") from None
         return Concept.pixel(cls_key, y, x, assign=assign or "one")
     if mask_path is not None:
-        return Concept.mask(cls_key, _read_ids(mask_path, "mask"), assign=assign or "score")
+        from ..data.io import read_mask
+
+        return Concept.mask(cls_key, read_mask(mask_path), assign=assign or "score")
     if label_path is None:
         raise SegscopeError("--from-prediction needs --label (the ground-truth label PNG)")
     return Concept.from_prediction(cls_key, kind, _read_ids(label_path, "label"),

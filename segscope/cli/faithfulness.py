@@ -71,10 +71,9 @@ def faithfulness(checkpoint, data, real, data_kind, id_map, methods, rules, cls,
       segscope faithfulness -c model.safetensors --data synthetic:8:narrow:1 \\
           --real CamVid --out faith/
     """
+    from ..errors import SegscopeError
     from ..faithfulness import DEFAULT_METHODS, DEFAULT_RULES, RunSettings, run_faithfulness
     from ._options import resolve_device
-
-    from ..errors import SegscopeError
 
     chosen = DEFAULT_METHODS if methods is None else tuple(
         m.strip() for m in methods.split(",") if m.strip())

@@ -136,6 +136,23 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     return np.asarray(img, dtype=np.float32) / 255.0
 
 
+def read_mask(path: str | os.PathLike) -> np.ndarray:
+    """A selection drawn as a picture, as a (H,W) bool array: the pixels that are drawn.
+
+    With an alpha channel that varies (strokes on a transparent canvas) the drawn pixels
+    are those not fully transparent, whatever their colour; otherwise those whose value
+    (a grey level, a palette index, or any of R, G, B) is not zero.
+    """
+    img, _ = _open(path, "mask")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        alpha = np.asarray(img.convert("RGBA"))[:, :, 3]
+        if alpha.min() != alpha.max():
+            return alpha > 0
+    if img.mode in ("L", "P", "1", "I", "I;16", "I;16B", "I;16L", "F"):
+        return np.asarray(img) != 0
+    return (np.asarray(img.convert("RGB")) != 0).any(axis=2)
+
+
 def read_label(path: str | os.PathLike, rgb: bool = False) -> np.ndarray:
     """Read a label map as integer ids (H,W).
 

@@ -698,7 +698,15 @@ class LabelFolder(PairDataset):
                 raise SegscopeError(f"manifest {manifest}: {key!r} must name a folder inside "
                                     f"the dataset, got {name!r}")
         identity = {BACKGROUND: BACKGROUND, ROAD: ROAD, MARKINGS: MARKINGS, IGNORE: IGNORE}
-        ds = cls(root, identity, size=size, limit=limit, has_markings=True, **folders)
+        ds = cls(root, identity, size=size, limit=None, has_markings=True, **folders)
+        count = meta.get("count") if manifest.is_file() and isinstance(meta, dict) else None
+        if isinstance(count, int) and not isinstance(count, bool) and count != len(ds):
+            raise SegscopeError(
+                f"manifest {manifest} lists {count} scenes but {len(ds)} image/label pairs "
+                "are there: files were removed or added since segscope synth wrote it "
+                "(render it again, or fix its 'count')")
+        if limit is not None:
+            ds = cls(root, identity, size=size, limit=limit, has_markings=True, **folders)
         ds.mapper = IdMap(identity, "ROAD3 (0 background, 1 road, 2 markings, 255 ignore)")
         ds.name = "synth"
         return ds
