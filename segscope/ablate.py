@@ -185,7 +185,8 @@ def _open_real(config: AblationConfig):
 
 @contextlib.contextmanager
 def _single_process():
-    """Let a training inside a torchrun rank run on its own (no process group)."""
+    """Let a training or a diagnosis inside a torchrun rank run on its own (no process
+    group): each process has settings of its own."""
     saved = {k: os.environ.get(k) for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
     os.environ["WORLD_SIZE"] = "1"
     try:
@@ -297,9 +298,10 @@ def _fingerprint(model, folder: Path, config: AblationConfig, setting: Setting
                      _Labelled(data, True), [f"{i:06d}" for i in range(n)],
                      [f"synthetic:{i}" for i in range(n)], True)
     try:
-        d = diagnose(model, syn, str(config.real), split=config.real_split, size=size,
-                     limit=config.real_limit, n_boot=200, top=4, quiet=True,
-                     cache_dir=folder / "diagnose" / "fingerprints")
+        with _single_process():  # each process diagnoses its own settings' models
+            d = diagnose(model, syn, str(config.real), split=config.real_split, size=size,
+                         limit=config.real_limit, n_boot=200, top=4, quiet=True,
+                         cache_dir=folder / "diagnose" / "fingerprints")
     except SegscopeError as exc:  # e.g. a model that predicts no road at all
         return {"available": False, "note": f"diagnose skipped: {exc}"}
     write_diagnosis(d, folder / "diagnose", model, syn, None)

@@ -224,7 +224,9 @@ def _same_size(batch: list) -> list[list]:
 def _world() -> tuple[int, int]:
     import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized():
+    # WORLD_SIZE=1 inside a torchrun process: a caller that gives each process work of
+    # its own (segscope ablate: one setting each) runs this on its own
+    if dist.is_available() and dist.is_initialized() and os.environ.get("WORLD_SIZE") != "1":
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
 

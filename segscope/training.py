@@ -1020,6 +1020,13 @@ def _run(config: TrainConfig, d: _Dist, out: Path, header: dict | None,
         _barrier(d)
 
     def validate() -> dict:
+        if d.world > 1:
+            # DDP hands rank 0's batch-norm statistics to the others at each forward pass,
+            # but the last step moved each rank's own: score the model that is saved
+            import torch.distributed as dist
+
+            for buffer in model.buffers():
+                dist.broadcast(buffer, src=0)
         cm = evaluate_dataset(model, val_set, device=d.device, batch_size=config.batch_size,
                               distributed=d.world > 1, channels_last=config.channels_last,
                               bf16=config.bf16)

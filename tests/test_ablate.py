@@ -166,3 +166,49 @@ def test_an_interrupted_ablation_resumes_and_ends_as_an_uninterrupted_one(tmp_pa
     with pytest.raises(SegscopeError, match="other settings"):
         run_ablation(AblationConfig(out=str(out), resume=True, **{**base, "iters": 5}))
     json.loads((out / "ablation.json").read_text())
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_give_the_one_process_results(tmp_path, real):
+    """Under torchrun each setting's diagnose shared its chunks with the other process's
+    setting (two models' fingerprints mixed, identical images.csv for both) and, with an
+    odd number of settings, waited for ever at a collective the other process never
+    joined. Three settings on two processes: the results of one process."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    args = ["ablate", "--real", str(real), "--split", "none", "--preset", "urban",
+            "--factors", "shadows,vehicles", "--scenes", "8", "--size", "32x48",
+            "--real-size", "32x48", "--width", "0.0625", "--iters", "2", "--batch-size", "2",
+            "--device", "cpu", "-q"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "segscope", *args, "--out", str(tmp_path / "two")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env, start_new_session=True)
+    try:
+        _, stderr = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail("torchrun ablate did not finish within 240 s")
+    assert proc.returncode == 0, stderr[-2000:]
+    one = subprocess.run([sys.executable, "-m", "segscope", *args, "--out", str(tmp_path / "one")],
+                         env=env, capture_output=True, text=True, timeout=240)
+    assert one.returncode == 0, one.stderr[-2000:]
+    settings = ["all_on", "no_shadows", "no_vehicles"]
+    for name in settings:
+        rows = {}
+        for run in ("one", "two"):
+            path = tmp_path / run / "runs" / name / "diagnose" / "images.csv"
+            rows[run] = list(csv.DictReader(path.open()))
+        assert rows["one"] == rows["two"], name
+    a = list(csv.DictReader((tmp_path / "one" / "runs" / "all_on" / "diagnose" /
+                             "images.csv").open()))
+    b = list(csv.DictReader((tmp_path / "one" / "runs" / "no_shadows" / "diagnose" /
+                             "images.csv").open()))
+    assert [r["failure_score"] for r in a] != [r["failure_score"] for r in b]  # two models
+    assert (tmp_path / "two" / "ablation.csv").read_text() == \
+        (tmp_path / "one" / "ablation.csv").read_text()

@@ -186,10 +186,13 @@ def test_bad_requests_get_one_line_and_the_server_keeps_serving(server, folders)
         ("/api/open", {"path": "link.png"}, 403, "refused"),  # a symbolic link out
         ("/api/open", {"path": "../../../../../../etc/passwd"}, 403, "refused"),
         ("/api/open", {"path": "missing.png"}, 404, "no such file"),
+        # a file that is no picture was listed, then failed on every request for it
+        ("/api/open", {"path": "notes.txt"}, 400, "cannot read image"),
         ("/static/../../pyproject.toml", None, 404, "not found"),
         ("/static/%2e%2e/%2e%2e/pyproject.toml", None, 404, "not found"),
         ("/static/..%2f..%2fcatalog.py", None, 404, "not found"),
     ]
+    (pics / "notes.txt").write_text("not a picture")
     for path, body, code, words in bad:
         status, out = request(f"{url}{path}", body)
         assert status == code, (path, out)

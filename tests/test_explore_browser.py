@@ -47,6 +47,7 @@ def chrome(profile: str, width: int = 1280, height: int = 1000):
                 "--disable-component-update", "--disable-sync", f"--user-data-dir={profile}",
                 f"--window-size={width},{height}"):
         opts.add_argument(arg)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the page's console
     return webdriver.Chrome(service=Service(executable_path=DRIVER), options=opts)
 
 
@@ -180,6 +181,9 @@ def test_labels_without_markings_show_the_road_surface_iou(camvid_root):
                         for r in d.find_elements(By.CSS_SELECTOR, "#image-numbers tr")]
                 return rows if len(rows) > 2 else False
             rows = _wait(driver, table, "the image's IoU table")
+            # nothing the page asked for failed (a missing favicon.ico was a console error)
+            severe = [e for e in driver.get_log("browser") if e.get("level") == "SEVERE"]
+            assert not severe, severe
     finally:
         if driver is not None:
             driver.quit()

@@ -544,6 +544,13 @@ def test_ddp_two_processes_with_gloo(tmp_path):
     assert meta["step"] == 2
     # validation summed over both ranks' shards: all 4 images' labelled pixels
     assert meta["val_metrics"]["total_pixels"] == 4 * (32 * 48 - 3)
+    # ... of the model that is saved: each rank's last step had moved its own batch-norm
+    # statistics, and rank 1 scored its half of the images with those
+    from segscope.data import open_dataset
+    from segscope.predict import evaluate_dataset
+
+    again = evaluate_dataset(model, open_dataset(str(data), split="val")).metrics()
+    assert again["confusion_matrix"] == meta["val_metrics"]["confusion_matrix"]
     assert not list(out.glob(".*.tmp"))
     # the same command again: rank 0 refuses the folder, rank 1 stops with it (no
     # traceback at a barrier rank 0 never reaches), and the user reads the line once

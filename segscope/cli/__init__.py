@@ -92,6 +92,8 @@ def _terminate_as_interrupt() -> None:
     import signal
     import threading
 
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        return  # torchrun stops its workers with SIGTERM: one blocked in a collective must die
     if threading.current_thread() is threading.main_thread() \
             and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _raise_interrupt)

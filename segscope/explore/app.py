@@ -170,8 +170,12 @@ def create_app(explorer: Explorer, host: str = "127.0.0.1") -> Starlette:
                              f"segscope-{job.layer}-{job.channels[i]}.npy")
         return _png(_heatmap(job.maps[i], job.limit()))
 
+    async def no_icon(request: Request) -> Response:
+        return Response(status_code=204)  # browsers ask; a 404 is a console error
+
     routes = [
         Route("/", page),
+        Route("/favicon.ico", no_icon),
         Route("/api/info", info),
         Route("/api/images", images),
         Route("/api/images/{item}", view),

@@ -270,6 +270,9 @@ class Catalog:
                     return self.items[self._by_path[p]]
                 if not p.is_file():
                     raise NotFound(f"{text}: no such file under the given folders")
+                from ..data.io import check_image
+
+                check_image(p)  # not a picture: refused now, not listed and failing later
                 return self._add_file(f"p{len(self.items)}", p, "opened")
         raise Forbidden(f"{text}: refused, the server only reads files under the folders "
                         "given with --data")
