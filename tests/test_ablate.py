@@ -11,7 +11,7 @@ import torch
 from segscope.ablate import AblationConfig, ablation_settings, parse_setting, run_ablation
 from segscope.checkpoint import load_model
 from segscope.errors import SegscopeError
-from tests._cli import run_cli
+from tests._cli import run_cli, torchrun
 
 TINY = dict(n=8, size=(32, 48), width=0.0625, iters=4, batch_size=2, checkpoint_every=2,
             device="cpu", quiet=True, real_split=None, diagnose=False)
@@ -175,7 +175,6 @@ def test_torchrun_two_processes_give_the_one_process_results(tmp_path, real):
     odd number of settings, waited for ever at a collective the other process never
     joined. Three settings on two processes: the results of one process."""
     import os
-    import signal
     import subprocess
     import sys
 
@@ -183,18 +182,9 @@ def test_torchrun_two_processes_give_the_one_process_results(tmp_path, real):
             "--factors", "shadows,vehicles", "--scenes", "8", "--size", "32x48",
             "--real-size", "32x48", "--width", "0.0625", "--iters", "2", "--batch-size", "2",
             "--device", "cpu", "-q"]
+    code, stderr = torchrun([*args, "--out", tmp_path / "two"], timeout=240)
+    assert code == 0, stderr[-2000:]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "segscope", *args, "--out", str(tmp_path / "two")]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env, start_new_session=True)
-    try:
-        _, stderr = proc.communicate(timeout=240)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        pytest.fail("torchrun ablate did not finish within 240 s")
-    assert proc.returncode == 0, stderr[-2000:]
     one = subprocess.run([sys.executable, "-m", "segscope", *args, "--out", str(tmp_path / "one")],
                          env=env, capture_output=True, text=True, timeout=240)
     assert one.returncode == 0, one.stderr[-2000:]

@@ -7,14 +7,12 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from _cli import exit_code
+from _cli import exit_code, torchrun
 from PIL import Image
 
 from segscope import SegNet, load_model, save_model
@@ -523,21 +521,10 @@ def test_ddp_two_processes_with_gloo(tmp_path):
     pytest.importorskip("torch.distributed.run")
     data = camvid_folder(tmp_path / "camvid", n=4)
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "segscope", "train", "--data", str(data),
-           "--val-data", str(data), "--width", "0.0625", "--iters", "2", "--batch-size", "1",
-           "--device", "cpu", "--out", str(out), "--quiet"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    # a session of its own, so that a hang can be ended with all of torchrun's workers
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env, start_new_session=True)
-    try:
-        _, stderr = proc.communicate(timeout=120)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        pytest.fail("torchrun did not finish within 120 s")
-    assert proc.returncode == 0, stderr[-2000:]
+    args = ["train", "--data", data, "--val-data", data, "--width", "0.0625", "--iters", "2",
+            "--batch-size", "1", "--device", "cpu", "--out", out, "--quiet"]
+    code, stderr = torchrun(args)
+    assert code == 0, stderr[-2000:]
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["world_size"] == 2
     model, meta = load_model(out / "model.safetensors")
@@ -554,15 +541,8 @@ def test_ddp_two_processes_with_gloo(tmp_path):
     assert not list(out.glob(".*.tmp"))
     # the same command again: rank 0 refuses the folder, rank 1 stops with it (no
     # traceback at a barrier rank 0 never reaches), and the user reads the line once
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env, start_new_session=True)
-    try:
-        _, stderr = proc.communicate(timeout=120)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        pytest.fail("torchrun did not finish within 120 s")
-    assert proc.returncode != 0
+    code, stderr = torchrun(args)
+    assert code != 0
     assert stderr.count("segscope: error: ") == 1 and "earlier 'segscope train' run" in stderr
     # (torchrun's own launcher prints a traceback for any failed worker; none from ours)
     assert "segscope/" not in stderr.replace("segscope/cli", ""), stderr[-2000:]
