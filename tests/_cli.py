@@ -23,7 +23,8 @@ def run_cli(args: list, capsys) -> tuple[int, str, str]:
     return code, out.out, out.err
 
 
-def torchrun(args: list, processes: int = 2, timeout: float = 120) -> tuple[int, str]:
+def torchrun(args: list, processes: int = 2, timeout: float = 120,
+             env: dict[str, str] | None = None) -> tuple[int, str]:
     """Exit status and stderr of ``torchrun --nproc_per_node=PROCESSES -m segscope ARGS`` on
     the CPU (one thread each). On a hang, torchrun and every process below it are killed
     (its workers lead sessions of their own, so killing torchrun's group is not enough)
@@ -38,7 +39,7 @@ def torchrun(args: list, processes: int = 2, timeout: float = 120) -> tuple[int,
 
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
            f"--nproc_per_node={processes}", "-m", "segscope", *(str(a) for a in args)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     with tempfile.TemporaryFile("w+") as err:  # a pipe would keep a killed run open
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, text=True,
                                 env=env, start_new_session=True)

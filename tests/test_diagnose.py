@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import csv
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from _cli import run_cli
+from _cli import run_cli, torchrun
 
 import segscope
 from segscope.analysis import jensen_shannon, spearman
@@ -435,12 +432,9 @@ def test_torchrun_two_processes_same_rows(tmp_path, tiny_checkpoint, capsys):
     code, _, err = run_cli(["diagnose", "-c", tiny_checkpoint, "--out", tmp_path / "one",
                             *common], capsys)
     assert code == 0, err
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "segscope", "diagnose", "-c", str(tiny_checkpoint), "--out",
-           str(tmp_path / "two"), *map(str, common)]
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr[-2000:]
+    code, stderr = torchrun(["diagnose", "-c", tiny_checkpoint, "--out", tmp_path / "two",
+                             *common], timeout=300, env={"PYTHONPATH": str(ROOT)})
+    assert code == 0, stderr[-2000:]
     one = _read_csv(tmp_path / "one" / "images.csv")
     two = _read_csv(tmp_path / "two" / "images.csv")
     assert len(one) == len(two) == 10
