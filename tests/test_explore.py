@@ -332,3 +332,19 @@ def test_real_dataset_scored_on_road_surface(camvid_root, tmp_path):
     back_p, back_l = (pred == 0) & valid, (label == 0) & valid
     assert view["iou"]["background"] == pytest.approx(
         int((back_p & back_l).sum()) / int((back_p | back_l).sum()))
+
+
+def test_mask_runs_too_large_for_an_integer_are_refused_without_a_warning():
+    """A start of 1e30 was refused, but only after a cast that warned in the server log."""
+    import warnings
+
+    from segscope.errors import SegscopeError
+    from segscope.explore.engine import _decode_mask
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for runs in ([[1e30, 1]], [[0, 1e30]], [[-1, 2]], [[5, 2]]):
+            with pytest.raises(SegscopeError, match="outside the 2x3 image"):
+                _decode_mask(runs, 2, 3)
+        assert _decode_mask([[1, 2], [5, 1]], 2, 3).tolist() == [[False, True, True],
+                                                                 [False, False, True]]

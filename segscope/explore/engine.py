@@ -541,9 +541,10 @@ def _decode_mask(runs: Any, h: int, w: int) -> np.ndarray:
     if arr.ndim != 2 or arr.shape[1] != 2 or not np.isfinite(arr).all() \
             or (arr != np.round(arr)).any():
         raise SegscopeError("a mask is a list of [start, length] integer runs")
-    starts, lengths = arr[:, 0].astype(np.int64), arr[:, 1].astype(np.int64)
-    if (starts < 0).any() or (lengths < 1).any() or (starts + lengths > h * w).any():
+    # checked as floats: a start of 1e30 does not fit an int64 (the cast warns, then wraps)
+    if (arr[:, 0] < 0).any() or (arr[:, 1] < 1).any() or (arr.sum(1) > h * w).any():
         raise SegscopeError(f"a mask run lies outside the {h}x{w} image")
+    starts, lengths = arr[:, 0].astype(np.int64), arr[:, 1].astype(np.int64)
     flat = np.zeros(h * w + 1, np.int32)
     np.add.at(flat, starts, 1)
     np.add.at(flat, starts + lengths, -1)
