@@ -188,6 +188,7 @@ def test_bad_requests_get_one_line_and_the_server_keeps_serving(server, folders)
         ("/api/open", {"path": "missing.png"}, 404, "no such file"),
         # a file that is no picture was listed, then failed on every request for it
         ("/api/open", {"path": "notes.txt"}, 400, "cannot read image"),
+        ("/api/open", {"path": 5}, 400, "path must be a string"),
         ("/static/../../pyproject.toml", None, 404, "not found"),
         ("/static/%2e%2e/%2e%2e/pyproject.toml", None, 404, "not found"),
         ("/static/..%2f..%2fcatalog.py", None, 404, "not found"),

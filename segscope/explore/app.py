@@ -65,7 +65,10 @@ def create_app(explorer: Explorer, host: str = "127.0.0.1") -> Starlette:
 
     async def open_path(request: Request) -> Response:
         body = await _json(request)
-        item = explorer.catalog.open_path(str(body.get("path", "")))
+        path = body.get("path", "")
+        if not isinstance(path, str):
+            raise SegscopeError(f"path must be a string, got {type(path).__name__}")
+        item = explorer.catalog.open_path(path)
         return JSONResponse(item.describe())
 
     async def upload(request: Request) -> Response:
