@@ -8,6 +8,7 @@ Skips when Selenium, Chromium or chromedriver is missing (Debian:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
@@ -51,11 +52,10 @@ def chrome(profile: str, width: int = 1280, height: int = 1000):
     return webdriver.Chrome(service=Service(executable_path=DRIVER), options=opts)
 
 
-@pytest.fixture(scope="module")
-def page():
-    model = tiny_model()
-    catalog = Catalog(["synthetic:2:narrow:1"], size=SIZE)
-    explorer = Explorer(model, catalog)
+@contextlib.contextmanager
+def browsing(explorer: Explorer):
+    """The explore page of ``explorer`` open in a headless Chromium: (driver, url); the
+    browser, its profile and the catalog are gone afterwards."""
     profile = tempfile.mkdtemp(prefix="segscope-chromium-")
     driver = None
     try:
@@ -63,12 +63,20 @@ def page():
             driver = chrome(profile)
             driver.set_page_load_timeout(60)
             driver.get(url + "/")
-            yield driver, url, explorer, model
+            yield driver, url
     finally:
         if driver is not None:
             driver.quit()
-        catalog.close()
+        explorer.catalog.close()
         shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def page():
+    model = tiny_model()
+    explorer = Explorer(model, Catalog(["synthetic:2:narrow:1"], size=SIZE))
+    with browsing(explorer) as (driver, url):
+        yield driver, url, explorer, model
 
 
 def _wait(driver, condition, what: str, timeout: float = 60):
@@ -168,27 +176,15 @@ def test_labels_without_markings_show_the_road_surface_iou(camvid_root):
     catalog = Catalog([str(camvid_root / "val.txt")], size=SIZE)
     explorer = Explorer(tiny_model(), catalog)
     view = explorer.view("d0-0")
-    profile = tempfile.mkdtemp(prefix="segscope-chromium-")
-    driver = None
-    try:
-        with running(explorer) as url:
-            driver = chrome(profile)
-            driver.set_page_load_timeout(60)
-            driver.get(url + "/")
-
-            def table(d):
-                rows = [[c.text for c in r.find_elements(By.CSS_SELECTOR, "th, td")]
-                        for r in d.find_elements(By.CSS_SELECTOR, "#image-numbers tr")]
-                return rows if len(rows) > 2 else False
-            rows = _wait(driver, table, "the image's IoU table")
-            # nothing the page asked for failed (a missing favicon.ico was a console error)
-            severe = [e for e in driver.get_log("browser") if e.get("level") == "SEVERE"]
-            assert not severe, severe
-    finally:
-        if driver is not None:
-            driver.quit()
-        catalog.close()
-        shutil.rmtree(profile, ignore_errors=True)
+    with browsing(explorer) as (driver, _):
+        def table(d):
+            rows = [[c.text for c in r.find_elements(By.CSS_SELECTOR, "th, td")]
+                    for r in d.find_elements(By.CSS_SELECTOR, "#image-numbers tr")]
+            return rows if len(rows) > 2 else False
+        rows = _wait(driver, table, "the image's IoU table")
+        # nothing the page asked for failed (a missing favicon.ico was a console error)
+        severe = [e for e in driver.get_log("browser") if e.get("level") == "SEVERE"]
+        assert not severe, severe
     assert [r[0] for r in rows[:3]] == ["class", "background", "road surface"]
     assert rows[2][1] == f"{100 * view['iou']['road surface']:.1f} %"
     assert rows[1][1] == f"{100 * view['iou']['background']:.1f} %"
