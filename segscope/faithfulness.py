@@ -440,7 +440,9 @@ def run_faithfulness(
             raise SegscopeError(f"{what} must be at least 1, got {v}")
     if cfg.sanity_images < 0:
         raise SegscopeError(f"--sanity-images must be 0 or more, got {cfg.sanity_images}")
-    if not 0 <= cfg.seed <= 2**63 - 1:  # each image draws with seed + its index (numpy, torch)
+    from .training import MAX_SEED
+
+    if not 0 <= cfg.seed <= MAX_SEED:  # each image draws with seed + its index (numpy, torch)
         raise SegscopeError(f"--seed must be in [0, 2**63 - 1], got {cfg.seed}")
     path = Path(checkpoint)
     if not path.is_file():

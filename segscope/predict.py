@@ -227,11 +227,9 @@ def output_names(files: Sequence[Path]) -> list[str]:
     stems = Counter(p.stem for p in files)
     natural = [p.stem if stems[p.stem] == 1 else f"{p.stem}_{p.suffix.lstrip('.').lower()}"
                for p in files]
-    taken, out = set(natural), []
-    counts = Counter(natural)
-    seen: set[str] = set()
+    taken, seen, out = set(natural), set(), []
     for name in natural:
-        if counts[name] > 1 and name in seen:
+        if name in seen:
             n = 2
             while f"{name}_{n}" in taken:
                 n += 1

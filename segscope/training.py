@@ -772,7 +772,8 @@ def check_resumed(config: TrainConfig, saved: dict[str, Any],
     run of an earlier version did not record had its default then.
     """
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
-    names = [n for n in RESUME_FIXED if n in set(given)] if given is not None else [
+    chosen = set(given) if given is not None else None
+    names = [n for n in RESUME_FIXED if n in chosen] if chosen is not None else [
         n for n in RESUME_FIXED if _comparable(n, getattr(config, n))
         != _comparable(n, defaults[n])]
     for name in names:

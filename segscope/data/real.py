@@ -237,6 +237,15 @@ CAMVID32_MAP = {rgb: _CAMVID32_TARGET.get(name, BACKGROUND)
 # Common machinery
 # --------------------------------------------------------------------------------------
 
+def _first(files: list, limit: int | None) -> list:
+    """The first ``limit`` of ``files`` (all of them for None)."""
+    if limit is None:
+        return files
+    if int(limit) < 1:
+        raise SegscopeError(f"limit must be at least 1, got {limit}")
+    return files[: int(limit)]
+
+
 class PairDataset(Dataset):
     """Image/label file pairs, decoded and mapped to ROAD3 on access.
 
@@ -251,11 +260,7 @@ class PairDataset(Dataset):
 
     def __init__(self, files: list[tuple[Path, Path]], size: tuple[int, int] | None,
                  limit: int | None) -> None:
-        if limit is not None:
-            if int(limit) < 1:
-                raise SegscopeError(f"limit must be at least 1, got {limit}")
-            files = files[: int(limit)]
-        self.files = files
+        self.files = _first(files, limit)
         self.size = _check_size(size)
 
     def __len__(self) -> int:
@@ -705,8 +710,7 @@ class LabelFolder(PairDataset):
                 f"manifest {manifest} lists {count} scenes but {len(ds)} image/label pairs "
                 "are there: files were removed or added since segscope synth wrote it "
                 "(render it again, or fix its 'count')")
-        if limit is not None:
-            ds = cls(root, identity, size=size, limit=limit, has_markings=True, **folders)
+        ds.files = _first(ds.files, limit)  # the count is the whole folder's
         ds.mapper = IdMap(identity, "ROAD3 (0 background, 1 road, 2 markings, 255 ignore)")
         ds.name = "synth"
         return ds
